@@ -1,0 +1,253 @@
+"""Prompts for the decomposer and the solver, and the parsers for their outputs.
+
+This module is the single source of truth for the text that crosses a model
+boundary: the chain builds its messages here at inference time, and the
+training subpackage builds its datasets with the very same functions, so a
+distilled decomposer sees exactly the prompt it was trained on.
+
+Static planning, as in Wu et al. (2024): one decomposer call returns at most
+``N`` sub-questions (one per line) or :data:`NO_DECOMPOSITION`; one solver call
+receives the question and every sub-question, answers them in order and ends
+with :data:`ANSWER_MARKER`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
+
+__all__ = [
+    "ANSWER_MARKER",
+    "DEFAULT_MAX_SUB_QUESTIONS",
+    "NO_DECOMPOSITION",
+    "decomposer_messages",
+    "extract_answer",
+    "format_sub_questions",
+    "message_text",
+    "parse_sub_questions",
+    "single_stage_messages",
+    "solver_messages",
+]
+
+DEFAULT_MAX_SUB_QUESTIONS = 3
+"""The paper's default plan size; 2 suits Bamboogle-style two-hop questions."""
+
+NO_DECOMPOSITION = "NO_SUBQUESTIONS"
+"""What the decomposer replies when the question needs no decomposition."""
+
+ANSWER_MARKER = "The answer is:"
+"""The fixed phrase that introduces the solver's final answer."""
+
+_DECOMPOSER_SYSTEM = (
+    "You break a question into simpler sub-questions that lead to its answer. "
+    "Do not answer anything. Write at most {n} sub-questions, one per line, "
+    "each ending with a question mark, and nothing else. If the question is "
+    "already simple, reply with exactly {sentinel}."
+)
+
+_SOLVER_SYSTEM = (
+    "You answer questions carefully. When sub-questions are given, answer each "
+    "of them in order, briefly, and use those answers to answer the main "
+    "question. Finish with a last line of the form '{marker} <final answer>'."
+)
+
+_DIRECT_SYSTEM = (
+    "You answer questions. Reply with only the final answer, on one line of "
+    "the form '{marker} <final answer>'."
+)
+
+_COT_SYSTEM = (
+    "You answer questions. Think step by step, then finish with a last line "
+    "of the form '{marker} <final answer>'."
+)
+
+
+def _question_block(question: str, context: str | None) -> str:
+    if context:
+        return f"Passage:\n{context.strip()}\n\nQuestion: {question.strip()}"
+    return f"Question: {question.strip()}"
+
+
+def decomposer_messages(
+    question: str,
+    context: str | None = None,
+    *,
+    max_sub_questions: int = DEFAULT_MAX_SUB_QUESTIONS,
+) -> list[BaseMessage]:
+    """Build the messages sent to the decomposer.
+
+    Args:
+        question: The question to decompose.
+        context: An optional passage (reading-comprehension tasks such as DROP).
+        max_sub_questions: The most sub-questions the decomposer may write.
+
+    Returns:
+        A system message with the instructions and a human message with the question.
+
+    Example:
+        >>> msgs = decomposer_messages("What is 2 + 3 * 4?")
+        >>> msgs[1].content
+        'Question: What is 2 + 3 * 4?'
+    """
+    system = _DECOMPOSER_SYSTEM.format(n=max_sub_questions, sentinel=NO_DECOMPOSITION)
+    return [SystemMessage(content=system), HumanMessage(content=_question_block(question, context))]
+
+
+def solver_messages(
+    question: str,
+    sub_questions: Sequence[str],
+    context: str | None = None,
+) -> list[BaseMessage]:
+    """Build the messages sent to the solver.
+
+    With no sub-questions the solver is asked the question directly (still
+    ending with the answer marker), as the paper prescribes.
+
+    Example:
+        >>> solver_messages("Q?", ["A?", "B?"])[1].content.splitlines()[-2:]
+        ['1. A?', '2. B?']
+    """
+    system = _SOLVER_SYSTEM.format(marker=ANSWER_MARKER)
+    body = _question_block(question, context)
+    if sub_questions:
+        listed = "\n".join(f"{i}. {q}" for i, q in enumerate(sub_questions, start=1))
+        body = f"{body}\n\nSub-questions:\n{listed}"
+    return [SystemMessage(content=system), HumanMessage(content=body)]
+
+
+def single_stage_messages(
+    question: str, context: str | None = None, *, cot: bool = False
+) -> list[BaseMessage]:
+    """Build the messages of a single-stage baseline: direct answer, or chain of thought."""
+    template = _COT_SYSTEM if cot else _DIRECT_SYSTEM
+    return [
+        SystemMessage(content=template.format(marker=ANSWER_MARKER)),
+        HumanMessage(content=_question_block(question, context)),
+    ]
+
+
+_PREFIX = re.compile(
+    r"""^\s*(?:
+        (?:[-*+\u2022\u2013>]+\s*)                       # bullets
+      | (?:\(?\d+[.):\]]\s*)                             # 1.  1)  (1)  1:
+      | (?:(?:sub[-\s]?question|question|step|q)\s*\#?\d*\s*[.):\-]\s*)  # Q1: Step 2.
+    )+""",
+    re.IGNORECASE | re.VERBOSE,
+)
+_QUESTION_START = re.compile(
+    r"^(?:how|what|which|who|whom|whose|when|where|why|is|are|was|were|do|does|did|"
+    r"can|could|will|would|should|has|have|had)\b",
+    re.IGNORECASE,
+)
+_QUESTION_END = re.compile(r"[^?]*\?")
+
+
+def _clean_line(line: str) -> str:
+    line = line.replace("**", "").replace("__", "").strip().strip("`").strip()
+    previous = None
+    while previous != line:  # prefixes can stack, e.g. "- Q1: ..."
+        previous = line
+        line = _PREFIX.sub("", line, count=1).strip()
+    return line
+
+
+def _questions_in_line(line: str) -> list[str]:
+    found = [m.group(0).strip() for m in _QUESTION_END.finditer(line)]
+    found = [q for q in found if len(q) > 1]
+    if found:
+        return found
+    # A model sometimes omits the "?"; an interrogative opening still marks a question.
+    if _QUESTION_START.match(line) and len(line.split()) >= 3:
+        return [line.rstrip(" .:;") + "?"]
+    return []
+
+
+def parse_sub_questions(
+    text: str, max_sub_questions: int = DEFAULT_MAX_SUB_QUESTIONS
+) -> list[str]:
+    """Turn decomposer output into a list of sub-questions.
+
+    Numbering, bullets and ``Q1:``-style prefixes are stripped, lines that carry
+    no question are dropped, duplicates are removed (ignoring case and spacing)
+    and the list is capped at ``max_sub_questions``. The sentinel
+    :data:`NO_DECOMPOSITION` on its own line yields ``[]``.
+
+    Example:
+        >>> parse_sub_questions("Here you go:\\n1. How many in May?\\n2) How many in all?")
+        ['How many in May?', 'How many in all?']
+    """
+    if max_sub_questions < 0:
+        msg = f"max_sub_questions must be >= 0, got {max_sub_questions}."
+        raise ValueError(msg)
+    found: list[str] = []
+    seen: set[str] = set()
+    for raw in text.splitlines():
+        line = _clean_line(raw)
+        if not line:
+            continue
+        if line.strip(" .").upper() == NO_DECOMPOSITION and not found:
+            return []
+        for question in _questions_in_line(line):
+            key = " ".join(question.lower().split())
+            if key in seen:
+                continue
+            seen.add(key)
+            found.append(question)
+    return found[:max_sub_questions]
+
+
+def format_sub_questions(sub_questions: Sequence[str]) -> str:
+    """Render sub-questions as the decomposer should write them (the inverse of parsing).
+
+    Example:
+        >>> format_sub_questions(["How many in May?", "How many in all?"])
+        'How many in May?\\nHow many in all?'
+        >>> format_sub_questions([])
+        'NO_SUBQUESTIONS'
+    """
+    lines = [" ".join(q.split()) for q in sub_questions if q.strip()]
+    return "\n".join(lines) if lines else NO_DECOMPOSITION
+
+
+_ANSWER = re.compile(r"the\s+(?:final\s+)?answer\s+is\s*:?\s*(.*)", re.IGNORECASE)
+
+
+def extract_answer(text: str) -> str | None:
+    """Return the text after the last answer marker, or ``None`` when there is none.
+
+    Example:
+        >>> extract_answer("48 / 2 = 24. 48 + 24 = 72.\\nThe answer is: 72.")
+        '72'
+    """
+    answer: str | None = None
+    for line in text.splitlines():
+        for match in _ANSWER.finditer(line.replace("**", "")):
+            candidate = match.group(1).strip().strip("*").strip()
+            candidate = re.sub(r"[.\s]+$", "", candidate)
+            if candidate:
+                answer = candidate
+    return answer
+
+
+def message_text(output: object) -> str:
+    """Return the text of a model output: a message, a string, or a list of content blocks."""
+    if isinstance(output, str):
+        return output
+    content = output.content if isinstance(output, BaseMessage) else output
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [
+            block if isinstance(block, str) else str(block.get("text", ""))
+            for block in content
+            if isinstance(block, str | dict)
+        ]
+        return "".join(parts)
+    msg = (
+        f"Expected a chat message or a string from the model, got {type(output).__name__}. "
+        "Use a chat model or an LLM, or end a custom runnable with StrOutputParser()."
+    )
+    raise TypeError(msg)
+

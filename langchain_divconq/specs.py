@@ -1,0 +1,131 @@
+"""Turn command-line model specs (``local``, ``openai:MODEL``, a path, a URL) into chat models.
+
+Shared by every ``divconq`` command that takes ``--decomposer`` or ``--solver``,
+so they all accept the same spellings and fail with the same clear errors.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+
+__all__ = ["DEFAULT_OPENAI_MODEL", "build_decomposer", "build_solver", "default_solver_spec"]
+
+DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
+"""The solver used when ``OPENAI_API_KEY`` is set and no ``--solver`` is given."""
+
+_SOLVER_FORMS = (
+    "'local' (the embedded SmolLM2), 'openai:MODEL' (needs OPENAI_API_KEY or "
+    "--solver-base-url), 'llamacpp:PATH.gguf', or a local model folder / hub id"
+)
+
+
+def default_solver_spec() -> str:
+    """Return ``openai:gpt-4o-mini`` when an OpenAI key is set, else ``local``."""
+    return f"openai:{DEFAULT_OPENAI_MODEL}" if os.environ.get("OPENAI_API_KEY") else "local"
+
+
+def _chat_openai(model: str, base_url: str | None, **kwargs: Any) -> BaseChatModel:
+    try:
+        from langchain_openai import ChatOpenAI
+    except ImportError as exc:
+        msg = (
+            "The OpenAI solver needs the 'openai' extra: pip install 'langchain-divconq[openai]'."
+        )
+        raise ImportError(msg) from exc
+    api_key = os.environ.get("OPENAI_API_KEY") or ("not-needed" if base_url else None)
+    if api_key is None:
+        msg = (
+            f"Solver 'openai:{model}' needs OPENAI_API_KEY in the environment, or "
+            "--solver-base-url for an OpenAI-compatible server (vLLM, llama.cpp, divconq serve)."
+        )
+        raise ValueError(msg)
+    return ChatOpenAI(model=model, base_url=base_url, api_key=api_key, **kwargs)  # type: ignore[arg-type]
+
+
+def _chat_llamacpp(path: str, max_tokens: int) -> BaseChatModel:
+    if not Path(path).is_file():
+        msg = f"llama.cpp model file not found: {path!r}. Pass --solver llamacpp:/path/to/model.gguf."
+        raise ValueError(msg)
+    try:
+        from langchain_community.chat_models import ChatLlamaCpp
+    except ImportError as exc:
+        msg = (
+            "The llama.cpp solver needs the 'llamacpp' extra: "
+            "pip install 'langchain-divconq[llamacpp]' (llama-cpp-python builds from source)."
+        )
+        raise ImportError(msg) from exc
+    return ChatLlamaCpp(model_path=path, max_tokens=max_tokens, temperature=0.0, verbose=False)  # type: ignore[call-arg]
+
+
+def build_solver(
+    spec: str | None = None,
+    *,
+    base_url: str | None = None,
+    max_tokens: int = 512,
+) -> BaseChatModel:
+    """Build the solver chat model from a spec.
+
+    Args:
+        spec: ``local``, ``openai:MODEL``, ``llamacpp:PATH``, a local model folder or hub id;
+            None picks :func:`default_solver_spec`, or the server's model when ``base_url`` is set.
+        base_url: An OpenAI-compatible endpoint (``http://host:port/v1``).
+        max_tokens: Generation budget of the solver.
+
+    Example:
+        >>> build_solver("openai:gpt-4o", base_url="http://127.0.0.1:8000/v1").model_name
+        'gpt-4o'
+    """
+    if base_url and (spec is None or not spec.startswith("openai:")):
+        return _chat_openai(spec or "default", base_url, max_tokens=max_tokens)
+    spec = spec or default_solver_spec()
+    if not isinstance(spec, str) or not spec.strip():
+        msg = f"Empty solver spec {spec!r}; use {_SOLVER_FORMS}."
+        raise ValueError(msg)
+    if spec.startswith("openai:"):
+        model = spec.removeprefix("openai:")
+        if not model:
+            msg = f"Solver spec {spec!r} names no model; write e.g. 'openai:gpt-4o-mini'."
+            raise ValueError(msg)
+        return _chat_openai(model, base_url, max_tokens=max_tokens)
+    if spec.startswith("llamacpp:"):
+        return _chat_llamacpp(spec.removeprefix("llamacpp:"), max_tokens)
+    if spec == "local":
+        from langchain_divconq.local import load_local_model
+
+        return load_local_model(max_tokens=max_tokens)
+    if ":" in spec.split("/")[0]:
+        msg = f"Unknown solver spec {spec!r}; use {_SOLVER_FORMS}."
+        raise ValueError(msg)
+    from langchain_divconq.local import load_local_model
+
+    return load_local_model(spec, max_tokens=max_tokens)
+
+
+def build_decomposer(
+    spec: str | None = "default",
+    adapter: str | None = "default",
+    *,
+    base_url: str | None = None,
+) -> BaseChatModel:
+    """Build the decomposer from a spec.
+
+    Args:
+        spec: ``default`` (the embedded SmolLM2), a local model folder or hub id, or
+            ``openai:MODEL`` to use a teacher model as the decomposer.
+        adapter: ``default`` (the shipped distilled adapter), None/``none`` (base model only),
+            or a path to a LoRA adapter folder.
+        base_url: An OpenAI-compatible endpoint serving the decomposer (e.g. ``divconq serve``).
+    """
+    if base_url or (spec or "").startswith("openai:"):
+        model = (spec or "default").removeprefix("openai:")
+        return _chat_openai(model, base_url, max_tokens=256, temperature=0.0)
+    from langchain_divconq.local import load_decomposer
+
+    base = None if spec in (None, "", "default") else spec
+    if isinstance(adapter, str) and adapter.lower() == "none":
+        adapter = None
+    return load_decomposer(base, adapter=adapter)
