@@ -1,0 +1,114 @@
+import pytest
+
+from langchain_divconq.prompts import (
+    ANSWER_MARKER,
+    NO_DECOMPOSITION,
+    decomposer_messages,
+    extract_answer,
+    format_sub_questions,
+    parse_sub_questions,
+    single_stage_messages,
+    solver_messages,
+)
+
+
+def test_numbered_list_with_prose_around_it() -> None:
+    text = (
+        "Sure! Let's break it down.\n"
+        "1. How many clips did Natalia sell in May?\n"
+        "2) How many clips did she sell in April and May together?\n"
+        "These two questions lead to the answer."
+    )
+    assert parse_sub_questions(text) == [
+        "How many clips did Natalia sell in May?",
+        "How many clips did she sell in April and May together?",
+    ]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "- How much does one apple cost?",
+        "* How much does one apple cost?",
+        "\u2022 How much does one apple cost?",
+        "Q1: How much does one apple cost?",
+        "Sub-question 1: How much does one apple cost?",
+        "Step 1. How much does one apple cost?",
+        "(1) How much does one apple cost?",
+        "**1.** How much does one apple cost?",
+        "- Q1: How much does one apple cost?",
+    ],
+)
+def test_prefixes_are_stripped(line: str) -> None:
+    assert parse_sub_questions(line) == ["How much does one apple cost?"]
+
+
+def test_duplicates_dropped_ignoring_case_and_spacing() -> None:
+    text = "How many apples?\nhow  many apples?\nHow many pears?"
+    assert parse_sub_questions(text) == ["How many apples?", "How many pears?"]
+
+
+def test_capped_at_n() -> None:
+    text = "\n".join(f"What is step {i}?" for i in range(6))
+    assert len(parse_sub_questions(text)) == 3
+    assert parse_sub_questions(text, max_sub_questions=2) == ["What is step 0?", "What is step 1?"]
+
+
+def test_non_questions_dropped_and_missing_mark_tolerated() -> None:
+    text = "First compute the total.\nHow many eggs does she have left\n48 / 2 = 24"
+    assert parse_sub_questions(text) == ["How many eggs does she have left?"]
+
+
+def test_two_questions_on_one_line() -> None:
+    assert parse_sub_questions("How many in May? How many in all?") == [
+        "How many in May?",
+        "How many in all?",
+    ]
+
+
+@pytest.mark.parametrize(
+    "text", [NO_DECOMPOSITION, f"  {NO_DECOMPOSITION}.", NO_DECOMPOSITION.lower(), ""]
+)
+def test_sentinel_and_empty_give_no_sub_questions(text: str) -> None:
+    assert parse_sub_questions(text) == []
+
+
+def test_format_then_parse_round_trips() -> None:
+    subs = ["How many clips in May?", "How many clips in total?"]
+    assert parse_sub_questions(format_sub_questions(subs)) == subs
+    assert format_sub_questions([]) == NO_DECOMPOSITION
+
+
+def test_negative_cap_rejected() -> None:
+    with pytest.raises(ValueError, match="max_sub_questions"):
+        parse_sub_questions("How?", max_sub_questions=-1)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("So 72 in all.\nThe answer is: 72", "72"),
+        ("The answer is: $1,200.", "$1,200"),
+        ("**The answer is:** 18", "18"),
+        ("the final answer is 5 apples.", "5 apples"),
+        ("The answer is: 3.\nWait, recheck.\nThe answer is: 4", "4"),
+        ("No marker here, 42.", None),
+        ("The answer is:", None),
+    ],
+)
+def test_extract_answer(text: str, expected: str | None) -> None:
+    assert extract_answer(text) == expected
+
+
+def test_prompts_carry_question_context_and_marker() -> None:
+    msgs = decomposer_messages("Q?", "Some passage.", max_sub_questions=2)
+    assert "at most 2" in str(msgs[0].content)
+    assert NO_DECOMPOSITION in str(msgs[0].content)
+    assert "Some passage." in str(msgs[1].content)
+    solver = solver_messages("Q?", ["A?", "B?"], "Ctx")
+    assert ANSWER_MARKER in str(solver[0].content)
+    assert "1. A?\n2. B?" in str(solver[1].content)
+    direct = solver_messages("Q?", [])
+    assert "Sub-questions" not in str(direct[1].content)
+    assert "step by step" in str(single_stage_messages("Q?", cot=True)[0].content)
+    assert "step by step" not in str(single_stage_messages("Q?")[0].content)
