@@ -18,6 +18,7 @@ __all__ = ["add_model_arguments", "main"]
 
 _COMMAND_MODULES: list[str] = [
     # one entry per module that defines register_cli(subparsers)
+    "langchain_divconq.server",
 ]
 
 
