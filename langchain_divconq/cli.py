@@ -19,6 +19,7 @@ __all__ = ["add_model_arguments", "main"]
 _COMMAND_MODULES: list[str] = [
     # one entry per module that defines register_cli(subparsers)
     "langchain_divconq.server",
+    "langchain_divconq.eval_cli",
 ]
 
 
