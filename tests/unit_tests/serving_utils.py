@@ -46,6 +46,11 @@ def _words(messages: list[BaseMessage]) -> int:
     return sum(len(message_text(m).split()) for m in messages)
 
 
+def is_decomposer_prompt(messages: list[BaseMessage]) -> bool:
+    """Tell the chain's decomposer prompt (and the tests' stand-in) from a solver prompt."""
+    return bool(messages) and "one per line" in message_text(messages[0]).lower()
+
+
 class ScriptedChatModel(BaseChatModel):
     """Answers decomposer prompts with sub-questions and solver prompts with a solution.
 
@@ -65,8 +70,7 @@ class ScriptedChatModel(BaseChatModel):
         return "scripted"
 
     def _reply(self, messages: list[BaseMessage]) -> str:
-        system = message_text(messages[0]) if messages else ""
-        return self.decomposition if "sub-questions" in system.lower() else self.solution
+        return self.decomposition if is_decomposer_prompt(messages) else self.solution
 
     def _generate(
         self,

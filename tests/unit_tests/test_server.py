@@ -415,6 +415,7 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 120
     raise AssertionError(msg)
 
 
+@pytest.mark.slow  # a subprocess that imports torch: about 20 s on 2 busy cores
 def test_divconq_serve_answers_and_exits_0_on_sigterm(tiny_model_dir: Path) -> None:
     port = _free_port()
     command = [sys.executable, "-m", "langchain_divconq.cli", "serve", "--port", str(port)]
