@@ -1,0 +1,288 @@
+"""Decoding helpers for local models: settings, results, stop handling, micro-batching.
+
+Engine-agnostic pieces shared by :class:`~langchain_divconq.local.ChatLocalModel`
+and any faster engine that replaces its ``_generate_texts``: the per-call
+:class:`GenerationParams`, the :class:`GenerationResult`, the one place that cuts
+text at stop strings / line limits (:func:`cut_text`), a transformers stopping
+criterion and streamer, and :class:`MicroBatcher`, which turns concurrent
+single-prompt calls into batched ones. Imports torch only inside functions.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+__all__ = [
+    "BATCH_TICKET",
+    "BatchTicket",
+    "GenerationParams",
+    "GenerationResult",
+    "MicroBatcher",
+    "StopCriteria",
+    "TokenQueue",
+    "cut_text",
+    "held_back",
+]
+
+Prompt = list[dict[str, str]]
+"""Chat messages as ``{"role": ..., "content": ...}`` dicts."""
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Decoding settings shared by every prompt of one batched ``generate`` call."""
+
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    max_lines: int | None = None
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """One prompt's completion: the text (already cut at stops) and its token counts."""
+
+    text: str
+    input_tokens: int
+    output_tokens: int
+    finish_reason: Literal["stop", "length"]
+
+
+def cut_text(text: str, params: GenerationParams) -> tuple[str, bool]:
+    """Cut ``text`` before the first stop string and after ``max_lines`` complete lines.
+
+    Returns the cut text and whether anything stopped it.
+
+    Example:
+        >>> cut_text("Why? How? STOP more", GenerationParams(8, stop=("STOP",)))
+        ('Why? How? ', True)
+
+    """
+    cut = False
+    hits = [i for i in (text.find(s) for s in params.stop) if i >= 0]
+    if hits:
+        text, cut = text[: min(hits)], True
+    if params.max_lines is not None:
+        done, pos = 0, 0
+        while (nl := text.find("\n", pos)) >= 0:
+            if text[pos:nl].strip():
+                done += 1
+                if done >= params.max_lines:
+                    return text[:nl], True
+            pos = nl + 1
+    return text, cut
+
+
+def held_back(text: str, stop: tuple[str, ...]) -> int:
+    """How many trailing characters could still grow into a stop string."""
+    hold = 0
+    for s in stop:
+        for k in range(min(len(s) - 1, len(text)), hold, -1):
+            if text.endswith(s[:k]):
+                hold = k
+                break
+    return hold
+
+
+# --------------------------------------------------------------------------- batching
+@dataclass
+class BatchTicket:
+    """How many requests of one ``batch()`` call have not reached the batcher yet."""
+
+    remaining: int
+
+
+BATCH_TICKET: contextvars.ContextVar[BatchTicket | None] = contextvars.ContextVar(
+    "divconq_batch_ticket", default=None
+)
+"""Set by ``batch()`` around its per-prompt calls, so the batcher waits for all of them."""
+
+
+@dataclass
+class _Request:
+    prompt: Prompt
+    params: GenerationParams
+    future: Future[GenerationResult]
+
+
+class MicroBatcher:
+    """Coalesces concurrent requests into batched calls on one worker thread.
+
+    Requests with equal :class:`GenerationParams` share a call. While a
+    ``batch()`` call still has requests on their way (its ticket), the worker
+    waits for them (up to ``gather_s`` after the last arrival) so that a batch
+    of at most ``batch_size`` prompts becomes exactly one call. Otherwise it
+    takes whatever is queued: requests that arrive while a call runs form the
+    next one. The worker thread exits after ``idle_s`` without work.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[list[Prompt], GenerationParams], list[GenerationResult]],
+        batch_size: Callable[[], int],
+        *,
+        gather_s: float = 1.0,
+        idle_s: float = 2.0,
+    ) -> None:
+        self._run_batch = run
+        self._batch_size = batch_size
+        self._gather_s = gather_s
+        self._idle_s = idle_s
+        self._cond = threading.Condition()
+        self._queue: list[_Request] = []
+        self._expected = 0
+        self._last_arrival = 0.0
+        self._worker: threading.Thread | None = None
+
+    def expect(self, ticket: BatchTicket) -> None:
+        """Announce ``ticket.remaining`` requests that are on their way."""
+        with self._cond:
+            self._expected += ticket.remaining
+
+    def release(self, ticket: BatchTicket) -> None:
+        """Stop waiting for the requests of ``ticket`` that never arrived."""
+        with self._cond:
+            self._expected -= ticket.remaining
+            ticket.remaining = 0
+            self._cond.notify_all()
+
+    def submit(
+        self, prompt: Prompt, params: GenerationParams, ticket: BatchTicket | None = None
+    ) -> Future[GenerationResult]:
+        """Queue one prompt; the future resolves when its batched call has run."""
+        future: Future[GenerationResult] = Future()
+        with self._cond:
+            self._queue.append(_Request(prompt, params, future))
+            if ticket is not None and ticket.remaining > 0:
+                ticket.remaining -= 1
+                self._expected -= 1
+            self._last_arrival = time.monotonic()
+            if self._worker is None:
+                self._worker = threading.Thread(
+                    target=self._run, name="divconq-local-batcher", daemon=True
+                )
+                self._worker.start()
+            self._cond.notify_all()
+        return future
+
+    def _take(self) -> list[_Request] | None:
+        with self._cond:
+            while not self._queue:
+                if not self._cond.wait(self._idle_s) and not self._queue:
+                    self._worker = None
+                    return None
+            limit = self._batch_size()
+            while self._expected > 0 and len(self._queue) < limit:
+                left = self._gather_s - (time.monotonic() - self._last_arrival)
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            params = self._queue[0].params
+            group = [r for r in self._queue if r.params == params][:limit]
+            self._queue = [r for r in self._queue if all(r is not g for g in group)]
+        return [r for r in group if r.future.set_running_or_notify_cancel()]
+
+    def _run(self) -> None:
+        while (group := self._take()) is not None:
+            if not group:
+                continue
+            try:
+                results = self._run_batch([r.prompt for r in group], group[0].params)
+            except BaseException as exc:  # reported to every waiting caller
+                for r in group:
+                    r.future.set_exception(exc)
+            else:
+                for r, res in zip(group, results, strict=True):
+                    r.future.set_result(res)
+
+
+class StopCriteria:
+    """A transformers stopping criterion: ends rows at a stop string or ``max_lines`` lines.
+
+    Rows already ended by an end token are left alone; ``cancel`` ends them all.
+    ``stopped`` holds the rows it ended, so their trailing padding is not
+    mistaken for an end token.
+    """
+
+    def __init__(
+        self,
+        decode: Callable[[Sequence[int]], str],
+        end_ids: frozenset[int],
+        width: int,
+        params: GenerationParams,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        self.decode = decode
+        self.end_ids = end_ids
+        self.width = width
+        self.params = params
+        self.cancel = cancel
+        self.stopped: set[int] = set()
+        self.ended: set[int] = set()
+        # Every ordinary token decodes to at least one character, so this many
+        # trailing tokens always cover a stop string that just completed.
+        self.window = max((len(s) for s in params.stop), default=0) + 8
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        """Return a bool tensor: which rows are done after this step."""
+        import torch
+
+        rows = input_ids.tolist()
+        done = [False] * len(rows)
+        cancelled = self.cancel is not None and self.cancel.is_set()
+        for i, row in enumerate(rows):
+            if i in self.stopped or i in self.ended:
+                done[i] = True
+                continue
+            if row[-1] in self.end_ids:
+                self.ended.add(i)
+                done[i] = True
+                continue
+            if cancelled or self._hit(row[self.width :]):
+                self.stopped.add(i)
+                done[i] = True
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    def _hit(self, generated: list[int]) -> bool:
+        decode = self.decode
+        if self.params.stop:
+            tail = decode(generated[-self.window :])
+            if any(s in tail for s in self.params.stop):
+                return True
+        if self.params.max_lines is not None and "\n" in decode(generated[-1:]):
+            return cut_text(decode(generated), self.params)[1]
+        return False
+
+
+class TokenQueue:
+    """A transformers streamer that hands generated token ids to another thread."""
+
+    _END: ClassVar[object] = object()
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        """Receive the prompt (ignored) and then each step's new token ids."""
+        if not self._prompt_seen:  # generate() first sends the prompt
+            self._prompt_seen = True
+            return
+        for token in value.reshape(-1).tolist():
+            self._queue.put(int(token))
+
+    def end(self) -> None:
+        """Mark the end of generation."""
+        self._queue.put(self._END)
+
+    def __iter__(self) -> Iterator[int]:
+        while (item := self._queue.get()) is not self._END:
+            yield item  # type: ignore[misc]

@@ -1,0 +1,72 @@
+"""Shared fixtures for the unit tests.
+
+Reusable fixtures (session-scoped, built in-process, no network):
+
+- ``tiny_model_and_tokenizer``: ``(model, tokenizer)``. The model is a randomly
+  initialised 2-layer ``LlamaForCausalLM`` (hidden size 32, fp32, seeded, eval mode,
+  ~1.6M parameters, initializer_range 0.2, built in well under a second) that shares
+  the real SmolLM2 tokenizer, loaded from the embedded model's cache folder, so chat templates,
+  special tokens (eos ``<|im_end|>`` = pad = id 2) and token counts are real.
+  Its text is gibberish but deterministic under greedy decoding. Do not mutate
+  the shared objects (no training in place); build your own with
+  :func:`build_tiny_model_and_tokenizer` if you need to.
+- ``tiny_chat_model``: a :class:`~langchain_divconq.local.ChatLocalModel` over
+  that pair (``max_tokens=12``, greedy, ``model_name="tiny-llama"``), function-scoped.
+
+Tests that need torch/transformers are skipped when the ``local`` extra is missing.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import pytest
+
+TINY_MODEL_NAME = "tiny-llama"
+
+
+@lru_cache(maxsize=1)
+def build_tiny_model_and_tokenizer() -> tuple[Any, Any]:
+    """Build (once per process) the tiny random Llama and the real SmolLM2 tokenizer."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from langchain_divconq.embedded import embedded_model_path
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(embedded_model_path())
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+        # The default 0.02 makes every prompt decode to the same newline run;
+        # larger weights give prompt-dependent text, which the tests need.
+        initializer_range=0.2,
+    )
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).to(torch.float32).eval()
+    return model, tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_model_and_tokenizer() -> tuple[Any, Any]:
+    """The tiny random Llama (fp32, CPU) and the real SmolLM2 tokenizer; see module doc."""
+    return build_tiny_model_and_tokenizer()
+
+
+@pytest.fixture
+def tiny_chat_model(tiny_model_and_tokenizer: tuple[Any, Any]) -> Any:
+    """A greedy ChatLocalModel over the tiny model, 12 new tokens at most."""
+    from langchain_divconq.local import ChatLocalModel
+
+    model, tokenizer = tiny_model_and_tokenizer
+    return ChatLocalModel(
+        model=model, tokenizer=tokenizer, model_name=TINY_MODEL_NAME, max_tokens=12
+    )
