@@ -139,6 +139,16 @@ def load_records(path: str | Path) -> list[EvalRecord]:
     return records
 
 
+def _ends_torn(path: Path) -> bool:
+    """True when the file's last line has no newline (a write was cut off)."""
+    size = path.stat().st_size
+    if not size:
+        return False
+    with path.open("rb") as handle:
+        handle.seek(size - 1)
+        return handle.read(1) != b"\n"
+
+
 def _encode_counter(encode: Callable[[str], Sequence[int]]) -> TokenCounter:
     def count(text: str) -> int:
         return len(encode(text))
@@ -396,6 +406,8 @@ def evaluate(
         if records_path is not None:
             Path(records_path).parent.mkdir(parents=True, exist_ok=True)
             handle = stack.enter_context(Path(records_path).open("a", encoding="utf-8"))
+            if _ends_torn(Path(records_path)):
+                handle.write("\n")  # a crash mid-line must not swallow the next record
         if bar is not None:
             stack.callback(bar.close)
         for chunk in _chunks(todo, size):
