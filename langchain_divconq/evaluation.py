@@ -140,7 +140,7 @@ def load_records(path: str | Path) -> list[EvalRecord]:
 
 
 def _ends_torn(path: Path) -> bool:
-    """True when the file's last line has no newline (a write was cut off)."""
+    """Tell whether the last line lacks its newline (a write was cut off)."""
     size = path.stat().st_size
     if not size:
         return False

@@ -337,7 +337,7 @@ def test_cli_eval_writes_report_and_resumes(tmp_path: Path, monkeypatch, capsys)
     assert list((out / "quality").glob("*/gsm8k-test.json"))
     # Resume: a second run asks nothing again.
     assert main([*argv, "--single-stage", "cot"]) == 0
-    records = list((out / "runs").glob("*cot*/gsm8k-test.jsonl"))[0]
+    records = next(iter((out / "runs").glob("*cot*/gsm8k-test.jsonl")))
     assert len(records.read_text().splitlines()) == 3
 
 
