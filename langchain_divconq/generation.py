@@ -1,0 +1,555 @@
+"""A fast greedy decoding engine for Hugging Face causal language models.
+
+The decomposer sits on every request's critical path, so this module decodes
+faster than ``model.generate(do_sample=False)`` while returning the same tokens:
+
+- **Prompt-lookup speculative decoding** (batch 1): the next few tokens are
+  guessed by finding the latest n-gram of the text in the prompt (sub-questions
+  copy whole phrases from the question) and verified in one forward pass. Only
+  draft tokens that greedy decoding would have picked are kept, so the output is
+  the greedy output; a step that accepts ``m`` drafts yields ``m + 1`` tokens.
+- **Small-row matrix products on CPU**: a verify pass feeds 2-8 rows; MKL's
+  ``x @ W.T`` path is slow for such shapes while ``(W @ x.T).T`` is not (a
+  5-row pass then costs less than a 1-row one, measured on this machine), so
+  linear layers use it while the engine runs. One-row steps and the prompt pass
+  keep the stock kernels, which generate uses too.
+- **Early stop**: a ``stop_checker`` sees the tokens so far and ends the row the
+  moment it returns ``True`` (see :func:`decomposer_stop`, which stops once the
+  sentinel or enough sub-question lines are out).
+- **Batches** decode together in one loop (left padding, the same masks and
+  positions as ``generate``); finished rows leave the batch at once.
+- **CUDA**: a static KV cache and ``torch.compile(mode="reduce-overhead")`` for
+  the fixed-shape verify step (opt in with ``compile=True``; not measured here).
+
+Why exact: greedy speculative decoding keeps a draft token only when it equals
+the argmax at its position, so the result equals plain greedy decoding up to
+floating-point rounding between kernels (a verify pass multiplies several rows
+at once), which only matters for exact logit ties; the unit tests compare
+against ``generate`` token for token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from langchain_divconq.prompts import NO_DECOMPOSITION, parse_sub_questions
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "FinishReason",
+    "GenerationResult",
+    "TokenStopChecker",
+    "decomposer_stop",
+    "generate_greedy",
+    "stop_strings",
+    "text_stop_checker",
+]
+
+FinishReason = Literal["eos", "stop", "length"]
+"""Why a row ended: an end-of-sequence token, the stop checker, or ``max_new_tokens``."""
+
+TokenStopChecker = Callable[[Sequence[int]], bool]
+"""Called with a row's new token ids so far; ``True`` ends that row there."""
+
+_SMALL_ROWS = range(2, 9)
+"""Row counts that take the ``(W @ x.T).T`` path on CPU (see the module docstring)."""
+
+
+@dataclass
+class GenerationResult:
+    """The new tokens of one row and why decoding stopped."""
+
+    token_ids: list[int]
+    """New token ids; ends with the end-of-sequence token when ``finish_reason == "eos"``."""
+
+    finish_reason: FinishReason
+    """``"eos"``, ``"stop"`` (the stop checker fired) or ``"length"`` (hit ``max_new_tokens``)."""
+
+    forward_passes: int = 0
+    """Model calls that produced this row's tokens (the prompt pass included); fewer
+    than ``len(token_ids)`` means speculative drafts were accepted."""
+
+
+# ---------------------------------------------------------------------------- stop checkers
+
+
+def stop_strings(stops: Sequence[str]) -> Callable[[str], bool]:
+    r"""Return a text checker that fires once any of ``stops`` occurs in the text.
+
+    Example:
+        >>> stop_strings(["\n\n"])("a\n\nb")
+        True
+
+    """
+    wanted = [s for s in stops if s]
+
+    def check(text: str) -> bool:
+        return any(s in text for s in wanted)
+
+    return check
+
+
+def decomposer_stop(max_sub_questions: int) -> Callable[[str], bool]:
+    r"""Return a text checker that ends a decomposition as soon as its plan is complete.
+
+    It fires when the first line is the sentinel :data:`~langchain_divconq.prompts.NO_DECOMPOSITION`
+    followed by a newline, or when the complete lines (those ended by a newline)
+    hold ``max_sub_questions`` distinct sub-questions. Only complete lines count, so
+    :func:`~langchain_divconq.prompts.parse_sub_questions` returns the same list
+    for the cut text as for the full generation.
+
+    Example:
+        >>> stop = decomposer_stop(2)
+        >>> stop("How many eggs?\n"), stop("How many eggs?\nHow much money?\n")
+        (False, True)
+
+    """
+    if max_sub_questions < 1:
+        msg = f"max_sub_questions must be at least 1, got {max_sub_questions}."
+        raise ValueError(msg)
+
+    def check(text: str) -> bool:
+        if not text.endswith("\n"):
+            return False  # the last line is still being written
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        if lines and lines[0].strip(" .").upper() == NO_DECOMPOSITION:
+            return True
+        return len(parse_sub_questions(text, max_sub_questions=10_000)) >= max_sub_questions
+
+    return check
+
+
+def text_stop_checker(tokenizer: Any, check: Callable[[str], bool]) -> TokenStopChecker:
+    """Adapt a text checker to token ids by decoding the new tokens (special tokens skipped).
+
+    Example:
+        >>> checker = text_stop_checker(tokenizer, decomposer_stop(3))  # doctest: +SKIP
+
+    """
+
+    def on_ids(token_ids: Sequence[int]) -> bool:
+        return check(tokenizer.decode(list(token_ids), skip_special_tokens=True))
+
+    return on_ids
+
+
+# ---------------------------------------------------------------------------- CPU kernels
+
+_patch_lock = threading.Lock()
+_patch_counts: dict[int, int] = {}
+
+
+def _small_rows_linear(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    import torch.nn.functional as F
+
+    rows = x.numel() // x.shape[-1]
+    if rows not in _SMALL_ROWS:
+        return F.linear(x, module.weight, module.bias)
+    flat = x.reshape(rows, x.shape[-1])
+    out = (module.weight @ flat.t()).t()
+    if module.bias is not None:
+        out = out + module.bias
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+@contextlib.contextmanager
+def _fast_small_matmuls(model: torch.nn.Module) -> Iterator[None]:
+    """Route the model's CPU linear layers through :func:`_small_rows_linear` for a while.
+
+    Reference-counted per model, so concurrent calls on one model are safe.
+    """
+    import functools
+
+    import torch
+
+    key = id(model)
+    with _patch_lock:
+        count = _patch_counts.get(key, 0)
+        if count == 0:
+            for module in model.modules():
+                if type(module) is torch.nn.Linear and "forward" not in vars(module):
+                    module.forward = functools.partial(_small_rows_linear, module)  # type: ignore[method-assign]
+                    module._divconq_fast = True  # type: ignore[assignment]
+        _patch_counts[key] = count + 1
+    try:
+        yield
+    finally:
+        with _patch_lock:
+            _patch_counts[key] -= 1
+            if _patch_counts[key] == 0:
+                del _patch_counts[key]
+                for module in model.modules():
+                    if vars(module).pop("_divconq_fast", False):
+                        del module.forward
+
+
+# ---------------------------------------------------------------------------- drafting
+
+
+def _prompt_lookup(tokens: Sequence[int], max_ngram: int, num_draft: int) -> list[int]:
+    """Propose the tokens that followed an earlier occurrence of the text's last n-gram.
+
+    Longer n-grams are tried first; among their matches the most recent one with a
+    full ``num_draft`` continuation wins (a match overlapping the tail of repetitive
+    text has a short one), else the longest continuation found.
+    """
+    if num_draft <= 0:
+        return []
+    length = len(tokens)
+    for n in range(min(max_ngram, length - 1), 0, -1):
+        tail = list(tokens[length - n :])
+        first = tail[0]
+        best: list[int] = []
+        for start in range(length - n - 1, -1, -1):
+            if tokens[start] == first and list(tokens[start : start + n]) == tail:
+                follow = list(tokens[start + n : start + n + num_draft])
+                if len(follow) == num_draft:
+                    return follow
+                if len(follow) > len(best):
+                    best = follow
+        if best:
+            return best
+    return []
+
+
+# ---------------------------------------------------------------------------- decoding
+
+
+def _check_args(max_new_tokens: int, num_draft_tokens: int, max_ngram: int) -> None:
+    if max_new_tokens < 1:
+        msg = f"max_new_tokens must be at least 1, got {max_new_tokens}."
+        raise ValueError(msg)
+    if num_draft_tokens < 0 or max_ngram < 1:
+        msg = (
+            f"num_draft_tokens must be >= 0 and max_ngram >= 1, got {num_draft_tokens} and "
+            f"{max_ngram}. Use num_draft_tokens=0 to turn speculation off."
+        )
+        raise ValueError(msg)
+
+
+class _Row:
+    """Bookkeeping of one row: its tokens and whether it has finished."""
+
+    def __init__(self, prompt: Sequence[int]) -> None:
+        self.prompt = list(prompt)
+        self.new: list[int] = []
+        self.finish: FinishReason | None = None
+        self.passes = 0
+
+    def push(
+        self,
+        token: int,
+        eos: frozenset[int],
+        max_new_tokens: int,
+        stop_checker: TokenStopChecker | None,
+    ) -> bool:
+        """Append one token; return ``True`` when the row has finished."""
+        self.new.append(token)
+        if token in eos:
+            self.finish = "eos"
+        elif stop_checker is not None and stop_checker(self.new):
+            self.finish = "stop"
+        elif len(self.new) >= max_new_tokens:
+            self.finish = "length"
+        return self.finish is not None
+
+    def result(self) -> GenerationResult:
+        return GenerationResult(
+            token_ids=self.new, finish_reason=self.finish or "length", forward_passes=self.passes
+        )
+
+
+def generate_greedy(
+    model: Any,
+    input_ids_batch: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    eos_token_ids: Sequence[int] | int | None = None,
+    stop_checker: TokenStopChecker | None = None,
+    num_draft_tokens: int = 4,
+    max_ngram: int = 3,
+    pad_token_id: int | None = None,
+    fast_cpu_matmuls: bool = True,
+    static_cache: bool = False,
+    compile: bool = False,
+) -> list[GenerationResult]:
+    """Greedy-decode each prompt; the tokens match ``model.generate(do_sample=False)``.
+
+    One prompt uses prompt-lookup speculative decoding (``num_draft_tokens`` draft
+    tokens per step, 0 turns it off); several prompts decode as one left-padded
+    batch, each row leaving the batch when it ends.
+
+    Args:
+        model: A causal LM (``transformers`` ``PreTrainedModel`` or a ``peft`` wrapper).
+        input_ids_batch: The prompts, as token id lists (chat template already applied).
+        max_new_tokens: The most new tokens per prompt.
+        eos_token_ids: Tokens that end a row (kept in the output, as ``generate`` does);
+            defaults to the model's ``generation_config.eos_token_id``.
+        stop_checker: Called with a row's new tokens after each token; ``True`` ends
+            the row there (see :func:`text_stop_checker`, :func:`decomposer_stop`).
+        num_draft_tokens: Draft tokens verified per step at batch 1.
+        max_ngram: The longest n-gram looked up in the text for drafts.
+        pad_token_id: Padding for batches (any id works: padded slots are masked).
+        fast_cpu_matmuls: Use the small-row matrix product path on CPU.
+        static_cache: At batch 1, keep keys and values in a preallocated
+            ``StaticCache`` and feed a fixed ``num_draft_tokens + 1`` tokens per step
+            (fixed shapes, which CUDA graphs need).
+        compile: On CUDA, also compile the verify step with
+            ``torch.compile(mode="reduce-overhead")`` (CUDA graphs); implies
+            ``static_cache``. Ignored on other devices.
+
+    Returns:
+        One :class:`GenerationResult` per prompt, in order.
+
+    Example:
+        >>> out = generate_greedy(model, [tok("Hi").input_ids], max_new_tokens=8)  # doctest: +SKIP
+        >>> out[0].token_ids, out[0].finish_reason  # doctest: +SKIP
+
+    """
+    import torch
+
+    _check_args(max_new_tokens, num_draft_tokens, max_ngram)
+    if not input_ids_batch:
+        return []
+    if any(len(p) == 0 for p in input_ids_batch):
+        msg = (
+            "Every prompt needs at least one token; got an empty prompt. "
+            "Apply the chat template first."
+        )
+        raise ValueError(msg)
+    eos = _eos_set(model, eos_token_ids)
+    device = next(model.parameters()).device
+    patch: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    if fast_cpu_matmuls and device.type == "cpu":
+        patch = _fast_small_matmuls(model)
+    rows = [_Row(p) for p in input_ids_batch]
+    with torch.inference_mode(), patch:
+        if len(rows) == 1:
+            speculate = _speculate_static if static_cache or compile else _speculate
+            speculate(
+                model,
+                rows[0],
+                device,
+                eos,
+                max_new_tokens,
+                stop_checker,
+                num_draft_tokens,
+                max_ngram,
+                compile and device.type == "cuda",
+            )
+        else:
+            pad = pad_token_id if pad_token_id is not None else min(eos, default=0)
+            _decode_batch(model, rows, device, eos, max_new_tokens, stop_checker, pad)
+    return [row.result() for row in rows]
+
+
+def _eos_set(model: Any, eos_token_ids: Sequence[int] | int | None) -> frozenset[int]:
+    if eos_token_ids is None:
+        config = getattr(model, "generation_config", None)
+        eos_token_ids = getattr(config, "eos_token_id", None)
+    if eos_token_ids is None:
+        return frozenset()
+    if isinstance(eos_token_ids, int):
+        return frozenset([eos_token_ids])
+    return frozenset(int(t) for t in eos_token_ids)
+
+
+def _cache_kwarg(model: Any) -> str:
+    """Name of the forward argument that takes the KV cache (renamed in transformers 5.2x)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(type(base).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _new_cache(model: Any) -> Any:
+    from transformers import DynamicCache
+
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else None
+    return DynamicCache(config=config) if config is not None else DynamicCache()
+
+
+def _speculate(
+    model: Any,
+    row: _Row,
+    device: torch.device,
+    eos: frozenset[int],
+    max_new_tokens: int,
+    stop_checker: TokenStopChecker | None,
+    num_draft: int,
+    max_ngram: int,
+    compile: bool = False,
+) -> None:
+    """Decode one row with prompt-lookup drafts verified against the model's argmax."""
+    import torch
+
+    cache = _new_cache(model)
+    kw = _cache_kwarg(model)
+    prompt = torch.tensor([row.prompt], device=device)
+    logits = model(input_ids=prompt, **{kw: cache}, use_cache=True, logits_to_keep=1).logits
+    row.passes += 1
+    if row.push(int(logits[0, -1].argmax()), eos, max_new_tokens, stop_checker):
+        return
+    while True:
+        room = max_new_tokens - len(row.new) - 1
+        draft = _prompt_lookup(row.prompt + row.new, max_ngram, min(num_draft, room))
+        fed = [row.new[-1], *draft]
+        step = torch.tensor([fed], device=device)
+        logits = model(
+            input_ids=step, **{kw: cache}, use_cache=True, logits_to_keep=len(fed)
+        ).logits
+        row.passes += 1
+        best = logits[0].argmax(dim=-1).tolist()
+        accepted = 0
+        while accepted < len(draft) and draft[accepted] == best[accepted]:
+            accepted += 1
+        if accepted < len(draft):
+            cache.crop(accepted - len(draft))  # forget the keys of rejected drafts
+        for token in best[: accepted + 1]:
+            if row.push(int(token), eos, max_new_tokens, stop_checker):
+                return
+
+
+def _decode_batch(
+    model: Any,
+    rows: list[_Row],
+    device: torch.device,
+    eos: frozenset[int],
+    max_new_tokens: int,
+    stop_checker: TokenStopChecker | None,
+    pad: int,
+) -> None:
+    """Decode several rows at once with left padding, as ``generate`` lays a batch out."""
+    import torch
+
+    width = max(len(r.prompt) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
+    mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r.prompt) :] = torch.tensor(r.prompt, device=device)
+        mask[i, width - len(r.prompt) :] = 1
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    cache = _new_cache(model)
+    kw = _cache_kwarg(model)
+    live = list(range(len(rows)))
+    logits = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions,
+        **{kw: cache},
+        use_cache=True,
+        logits_to_keep=1,
+    ).logits
+    last_pos = positions[:, -1:]
+    while True:
+        for j in live:
+            rows[j].passes += 1
+        tokens = logits[:, -1].argmax(dim=-1)
+        keep = [
+            j
+            for j, token in enumerate(tokens.tolist())
+            if not rows[live[j]].push(int(token), eos, max_new_tokens, stop_checker)
+        ]
+        if not keep:
+            return
+        if len(keep) < len(live):
+            index = torch.tensor(keep, device=device)
+            cache.batch_select_indices(index)
+            tokens, mask, last_pos = tokens[index], mask[index], last_pos[index]
+            live = [live[j] for j in keep]
+        mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=-1)
+        last_pos = last_pos + 1
+        logits = model(
+            input_ids=tokens[:, None],
+            attention_mask=mask,
+            position_ids=last_pos,
+            **{kw: cache},
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits
+
+
+_compiled: Any = None  # weakref.WeakKeyDictionary[model, compiled forward], made on first use
+
+
+def _compiled_forward(model: Any) -> Callable[..., Any]:
+    import weakref
+
+    import torch
+
+    global _compiled
+    if _compiled is None:
+        _compiled = weakref.WeakKeyDictionary()
+    if model not in _compiled:
+        _compiled[model] = torch.compile(model.forward, mode="reduce-overhead", fullgraph=False)
+    forward: Callable[..., Any] = _compiled[model]
+    return forward
+
+
+def _speculate_static(
+    model: Any,
+    row: _Row,
+    device: torch.device,
+    eos: frozenset[int],
+    max_new_tokens: int,
+    stop_checker: TokenStopChecker | None,
+    num_draft: int,
+    max_ngram: int,
+    compile: bool = False,
+) -> None:
+    """:func:`_speculate` with a preallocated cache and a fixed step shape (for CUDA graphs).
+
+    Each step feeds exactly ``num_draft + 1`` tokens; short drafts are padded by
+    repeating their last token. A padded token that happens to equal the argmax is
+    accepted like any draft, which keeps the output greedy.
+    """
+    import torch
+    from transformers import StaticCache
+
+    width = num_draft + 1
+    cache = StaticCache(config=model.config, max_cache_len=len(row.prompt) + max_new_tokens + width)
+    kw = _cache_kwarg(model)
+    prompt = torch.tensor([row.prompt], device=device)
+    # The prompt pass has a shape of its own, so it stays eager.
+    logits = model(input_ids=prompt, **{kw: cache}, use_cache=True, logits_to_keep=1).logits
+    row.passes += 1
+    if row.push(int(logits[0, -1].argmax()), eos, max_new_tokens, stop_checker):
+        return
+    forward = _compiled_forward(model) if compile else model
+    step = torch.empty((1, width), dtype=torch.long, device=device)
+    position = torch.empty((1, width), dtype=torch.long, device=device)
+    offsets = torch.arange(width, device=device)
+    while True:
+        done = len(row.prompt) + len(row.new) - 1  # tokens whose keys are cached
+        draft = _prompt_lookup(row.prompt + row.new, max_ngram, num_draft)
+        fed = [row.new[-1], *draft]
+        fed += [fed[-1]] * (width - len(fed))
+        step.copy_(torch.tensor([fed]))
+        position.copy_(offsets + done)
+        if compile:
+            torch.compiler.cudagraph_mark_step_begin()
+        out = forward(
+            input_ids=step,
+            position_ids=position,
+            **{kw: cache},
+            use_cache=True,
+            logits_to_keep=width,
+        )
+        # Read the result before the next replay overwrites the graph's output buffer.
+        best = out.logits[0].argmax(dim=-1).tolist()
+        row.passes += 1
+        accepted = 0
+        while accepted < num_draft and fed[accepted + 1] == best[accepted]:
+            accepted += 1
+        if accepted < num_draft:
+            cache.crop(accepted - num_draft)
+        for token in best[: accepted + 1]:
+            if row.push(int(token), eos, max_new_tokens, stop_checker):
+                return

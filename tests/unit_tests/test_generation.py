@@ -1,0 +1,264 @@
+"""The fast greedy engine returns exactly what ``model.generate(do_sample=False)`` returns."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from langchain_divconq import prompts  # noqa: E402
+from langchain_divconq.generation import (  # noqa: E402
+    _fast_small_matmuls,
+    _prompt_lookup,
+    decomposer_stop,
+    generate_greedy,
+    stop_strings,
+    text_stop_checker,
+)
+
+GSM8K = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k" / "test.jsonl"
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Any:
+    from langchain_divconq.embedded import embedded_model_path
+
+    try:
+        path = embedded_model_path()
+    except (ImportError, FileNotFoundError) as exc:
+        pytest.skip(f"embedded model unavailable: {exc}")
+    return transformers.AutoTokenizer.from_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def tiny(tokenizer: Any) -> Any:
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def _questions(n: int) -> list[str]:
+    if GSM8K.is_file():
+        with GSM8K.open() as f:
+            return [json.loads(line)["question"] for _, line in zip(range(n), f, strict=False)]
+    return [f"Tom has {i + 3} apples and buys {i + 5} more. How many apples now?" for i in range(n)]
+
+
+def _prompt_ids(tokenizer: Any, question: str) -> list[int]:
+    messages = [
+        {"role": "system" if m.type == "system" else "user", "content": m.content}
+        for m in prompts.decomposer_messages(question)
+    ]
+    ids = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True
+    )["input_ids"]
+    return list(ids)
+
+
+def _reference(model: Any, prompt: list[int], max_new_tokens: int, **kwargs: Any) -> list[int]:
+    with torch.inference_mode():
+        out = model.generate(
+            torch.tensor([prompt]), max_new_tokens=max_new_tokens, do_sample=False, **kwargs
+        )
+    return list(out[0, len(prompt) :].tolist())
+
+
+def _reference_batch(
+    model: Any, prompt_ids: list[list[int]], max_new_tokens: int
+) -> list[list[int]]:
+    width = max(len(p) for p in prompt_ids)
+    ids = torch.tensor([[2] * (width - len(p)) + p for p in prompt_ids])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids])
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False
+        )
+    rows = []
+    for row in out[:, width:].tolist():
+        rows.append(row[: row.index(2) + 1] if 2 in row else row)  # generate pads after eos
+    return rows
+
+
+@pytest.mark.parametrize("static_cache", [False, True])
+def test_batch_one_matches_generate(tokenizer: Any, tiny: Any, static_cache: bool) -> None:
+    for question in _questions(2):
+        prompt = _prompt_ids(tokenizer, question)
+        expected = _reference(tiny, prompt, 32)
+        [got] = generate_greedy(tiny, [prompt], max_new_tokens=32, static_cache=static_cache)
+        assert got.token_ids == expected
+        assert got.finish_reason == "length"
+
+
+def test_speculation_accepts_drafts(tokenizer: Any) -> None:
+    # With the blocks' outputs zeroed and tied embeddings, the model echoes its last
+    # token forever: a continuation prompt lookup drafts perfectly once it repeats.
+    torch.manual_seed(1)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        eos_token_id=2,
+    )
+    echo = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for layer in echo.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+    prompt = _prompt_ids(tokenizer, _questions(1)[0])
+    expected = _reference(echo, prompt, 40)
+    [fast] = generate_greedy(echo, [prompt], max_new_tokens=40, num_draft_tokens=4)
+    [plain] = generate_greedy(echo, [prompt], max_new_tokens=40, num_draft_tokens=0)
+    [static] = generate_greedy(echo, [prompt], max_new_tokens=40, static_cache=True)
+    assert fast.token_ids == plain.token_ids == static.token_ids == expected
+    assert plain.forward_passes == 40
+    assert fast.forward_passes <= 12  # about five tokens per pass once it repeats
+    assert static.forward_passes <= 12
+
+
+def test_eos_ends_row_like_generate(tokenizer: Any, tiny: Any) -> None:
+    prompt = _prompt_ids(tokenizer, _questions(2)[1])
+    free = _reference(tiny, prompt, 40)
+    eos = free[7]  # a token the model does produce, used as the end-of-sequence token
+    expected = _reference(tiny, prompt, 40, eos_token_id=eos)
+    [got] = generate_greedy(tiny, [prompt], max_new_tokens=40, eos_token_ids=[eos])
+    assert got.token_ids == expected
+    assert got.token_ids[-1] == eos
+    assert got.finish_reason == "eos"
+
+
+def test_batch_matches_generate(tokenizer: Any, tiny: Any) -> None:
+    prompt_ids = [_prompt_ids(tokenizer, q) for q in _questions(4)]
+    expected = _reference_batch(tiny, prompt_ids, 32)
+    got = generate_greedy(tiny, prompt_ids, max_new_tokens=32)
+    assert [g.token_ids for g in got] == expected
+
+
+def test_batch_rows_leave_at_their_own_eos(tokenizer: Any, tiny: Any) -> None:
+    prompt_ids = [_prompt_ids(tokenizer, q) for q in _questions(3)]
+    singles = [_reference(tiny, p, 30) for p in prompt_ids]
+    eos = singles[0][4]
+    got = generate_greedy(tiny, prompt_ids, max_new_tokens=30, eos_token_ids=[eos])
+    for row, single in zip(got, singles, strict=True):
+        cut = single[: single.index(eos) + 1] if eos in single else single
+        assert row.token_ids == cut
+        assert row.finish_reason == ("eos" if eos in single else "length")
+    assert got[0].forward_passes == 5
+
+
+def test_stop_checker_cuts_at_first_hit(tokenizer: Any, tiny: Any) -> None:
+    prompt = _prompt_ids(tokenizer, _questions(1)[0])
+    full = _reference(tiny, prompt, 48)
+    seen: list[int] = []
+
+    def stop(ids: Any) -> bool:
+        seen.append(len(ids))
+        return len(set(ids)) >= 5
+
+    [got] = generate_greedy(tiny, [prompt], max_new_tokens=48, stop_checker=stop)
+    cut = next(n for n in range(1, len(full) + 1) if len(set(full[:n])) >= 5)
+    assert got.token_ids == full[:cut]
+    assert got.finish_reason == "stop"
+    assert seen == list(range(1, cut + 1))  # checked after every token, even accepted drafts
+
+
+def test_concurrent_calls_share_the_patched_model(tokenizer: Any, tiny: Any) -> None:
+    prompt_ids = [_prompt_ids(tokenizer, q) for q in _questions(3)]
+    expected = [_reference(tiny, p, 24) for p in prompt_ids]
+    results: dict[int, list[int]] = {}
+
+    def work(i: int) -> None:
+        results[i] = generate_greedy(tiny, [prompt_ids[i]], max_new_tokens=24)[0].token_ids
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [results[i] for i in range(3)] == expected
+    linears = [m for m in tiny.modules() if isinstance(m, torch.nn.Linear)]
+    assert all("forward" not in vars(m) for m in linears)  # patch removed afterwards
+
+
+def test_small_row_matmuls_match_linear(tiny: Any) -> None:
+    layer = tiny.model.layers[0].mlp.up_proj
+    x = torch.randn(1, 4, layer.in_features)
+    expected = torch.nn.functional.linear(x, layer.weight)
+    with _fast_small_matmuls(tiny):
+        assert "forward" in vars(layer)
+        got = layer(x)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert "forward" not in vars(layer)
+
+
+def test_prompt_lookup_prefers_longest_latest_match() -> None:
+    assert _prompt_lookup([5, 6, 7, 8, 1, 6, 7, 9, 6, 7], max_ngram=2, num_draft=2) == [9, 6]
+    assert _prompt_lookup([1, 2, 3, 1, 2], max_ngram=3, num_draft=4) == [3, 1, 2]
+    # The latest match of "7 7" overlaps the tail; an earlier one has a full continuation.
+    assert _prompt_lookup([7, 7, 7, 7, 7], max_ngram=2, num_draft=2) == [7, 7]
+    assert _prompt_lookup([7, 7, 7], max_ngram=2, num_draft=2) == [7]
+    assert _prompt_lookup([1, 2, 3], max_ngram=3, num_draft=4) == []
+    assert _prompt_lookup([1, 2, 1], max_ngram=3, num_draft=0) == []
+
+
+def test_decomposer_stop() -> None:
+    stop = decomposer_stop(2)
+    assert stop(f"{prompts.NO_DECOMPOSITION}\n")
+    assert not stop(prompts.NO_DECOMPOSITION)  # the line might still go on
+    assert not stop("Sure, here they are:\n1. How many eggs are laid?\n")
+    assert not stop("1. How many eggs are laid?\n2. How many are eaten?")
+    assert stop("1. How many eggs are laid?\n2. How many are eaten?\n")
+    assert not stop("1. How many eggs?\n1. How many eggs?\n")  # duplicates count once
+    text = "1. How many eggs?\n2. How many are sold?\n"
+    assert prompts.parse_sub_questions(text, 2) == prompts.parse_sub_questions(text + "3. More?", 2)
+    with pytest.raises(ValueError, match="max_sub_questions"):
+        decomposer_stop(0)
+
+
+def test_text_stop_checker_decodes(tokenizer: Any) -> None:
+    ids = tokenizer("How many eggs?\nDone", add_special_tokens=False)["input_ids"]
+    check = text_stop_checker(tokenizer, stop_strings(["\n"]))
+    assert not check(ids[:3])
+    assert check(ids)
+
+
+def test_bad_arguments(tiny: Any) -> None:
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate_greedy(tiny, [[1, 2]], max_new_tokens=0)
+    with pytest.raises(ValueError, match="empty prompt"):
+        generate_greedy(tiny, [[]], max_new_tokens=4)
+    assert generate_greedy(tiny, [], max_new_tokens=4) == []
+
+
+@pytest.mark.slow
+def test_embedded_model_matches_generate(tokenizer: Any) -> None:
+    from langchain_divconq.embedded import embedded_model_path
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        embedded_model_path(), dtype=torch.float32
+    ).eval()
+    prompt_ids = [_prompt_ids(tokenizer, q) for q in _questions(2)]
+    for prompt in prompt_ids:
+        [got] = generate_greedy(model, [prompt], max_new_tokens=40)
+        assert got.token_ids == _reference(model, prompt, 40)
+    got_batch = generate_greedy(model, prompt_ids, max_new_tokens=24)
+    assert [g.token_ids for g in got_batch] == _reference_batch(model, prompt_ids, 24)
