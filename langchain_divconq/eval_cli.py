@@ -69,12 +69,18 @@ def register_cli(subparsers: Any) -> None:
         action="store_true",
         help="also score the decomposer's sub-questions against gold ones (gsm8k, strategyqa)",
     )
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=512,
+        help="generation budget of the solver (tokens per answer)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_model_arguments(parser)
     parser.set_defaults(handler=_run)
 
 
-def _labels(args: argparse.Namespace) -> tuple[str, str]:
+def _labels(args: argparse.Namespace, chain: Any) -> tuple[str, str]:
     from langchain_divconq.specs import default_solver_spec
 
     solver = args.solver or ("server" if args.solver_base_url else default_solver_spec())
@@ -88,20 +94,26 @@ def _labels(args: argparse.Namespace) -> tuple[str, str]:
     if adapter.lower() == "none":
         return f"{decomposer} (base)", solver
     if adapter == "default":
-        return f"{decomposer} + shipped adapter", solver
+        # load_decomposer falls back to the base model while no adapter ships; say which ran.
+        name = str(getattr(getattr(chain, "decomposer", None), "model_name", ""))
+        if "+" in name:
+            return f"{decomposer} + shipped adapter", solver
+        return f"{decomposer} (base: no shipped adapter)", solver
     return f"{decomposer} + {Path(adapter).name}", solver
 
 
 def _build_chain(args: argparse.Namespace) -> Any:
+    from langchain_divconq.chain import create_divconq_chain, create_single_stage_chain
+    from langchain_divconq.specs import build_decomposer, build_solver
+
+    if args.max_tokens < 1:
+        msg = f"--max-tokens must be at least 1, got {args.max_tokens}."
+        raise ValueError(msg)
+    solver = build_solver(args.solver, base_url=args.solver_base_url, max_tokens=args.max_tokens)
     if args.single_stage:
-        from langchain_divconq.chain import create_single_stage_chain
-        from langchain_divconq.specs import build_solver
-
-        solver = build_solver(args.solver, base_url=args.solver_base_url)
         return create_single_stage_chain(solver, cot=args.single_stage == "cot")
-    from langchain_divconq.cli import build_chain_from_args
-
-    return build_chain_from_args(args)
+    decomposer = build_decomposer(args.decomposer, args.adapter, base_url=args.decomposer_base_url)
+    return create_divconq_chain(decomposer, solver, max_sub_questions=args.max_sub_questions)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -121,9 +133,9 @@ def _run(args: argparse.Namespace) -> int:
         prices = prices.model_copy(
             update={"usd_per_million_per_billion_params": args.price_local_per_billion}
         )
-    decomposer_label, solver_label = _labels(args)
-    name = args.name or f"{decomposer_label} / {solver_label}"
     chain = _build_chain(args)
+    decomposer_label, solver_label = _labels(args, chain)
+    name = args.name or f"{decomposer_label} / {solver_label}"
     out = Path(args.out)
     for task in tasks:
         records_path, _ = run_paths(out, name, task.name, task.split)

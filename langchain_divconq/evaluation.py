@@ -37,6 +37,7 @@ __all__ = [
     "evaluate",
     "load_records",
     "percentile",
+    "price_record",
     "summarize",
 ]
 
@@ -271,6 +272,18 @@ def _label(records: Sequence[EvalRecord], node: str, chain: Runnable[Any, Any]) 
     return "?"
 
 
+def price_record(record: EvalRecord, prices: PriceTable) -> EvalRecord:
+    """Return the record with each node's ``cost_usd`` set from the price table."""
+    priced = {}
+    for node, stats in record.nodes.items():
+        # A node normally runs one model; its tokens are priced at that model's rate.
+        model = stats.models[0] if stats.models else None
+        provider = stats.providers[0] if stats.providers else None
+        cost = prices.cost(model, stats.input_tokens, stats.output_tokens, provider=provider)
+        priced[node] = stats.model_copy(update={"cost_usd": cost})
+    return record.model_copy(update={"nodes": priced})
+
+
 def summarize(
     records: Sequence[EvalRecord],
     task: Task,
@@ -283,18 +296,11 @@ def summarize(
 ) -> EvalResult:
     """Build an :class:`EvalResult` from records (also used to re-price saved records)."""
     prices = prices or PriceTable()
+    priced_records = [price_record(record, prices) for record in records]
     nodes: dict[str, NodeStats] = {}
-    priced_records = []
-    for record in records:
-        priced = {}
+    for record in priced_records:
         for node, stats in record.nodes.items():
-            # A node normally runs one model; its tokens are priced at that model's rate.
-            model = stats.models[0] if stats.models else None
-            provider = stats.providers[0] if stats.providers else None
-            cost = prices.cost(model, stats.input_tokens, stats.output_tokens, provider=provider)
-            priced[node] = stats.model_copy(update={"cost_usd": cost})
-            nodes[node] = nodes[node].add(priced[node]) if node in nodes else priced[node]
-        priced_records.append(record.model_copy(update={"nodes": priced}))
+            nodes[node] = nodes[node].add(stats) if node in nodes else stats
     n = len(records)
     metric_names = sorted({k for r in records for k in r.metrics} | {task.metric})
     latencies = [r.latency_s for r in records if r.latency_s is not None]
@@ -386,6 +392,7 @@ def evaluate(
     if max_concurrency < 1:
         msg = f"max_concurrency must be >= 1, got {max_concurrency}."
         raise ValueError(msg)
+    prices = prices or PriceTable()
     examples = task.examples[:limit] if limit is not None else list(task.examples)
     done: dict[str, EvalRecord] = {}
     if records_path is not None:
@@ -412,6 +419,7 @@ def evaluate(
             stack.callback(bar.close)
         for chunk in _chunks(todo, size):
             for record in _run_chunk(chain, task, chunk, counters, config, max_concurrency):
+                record = price_record(record, prices)
                 fresh[record.id] = record
                 if handle is not None:
                     # One line per question, flushed: a crash loses at most the open batch.

@@ -36,7 +36,7 @@ DEFAULT_PRICES: dict[str, ModelPrice] = {
 }
 """OpenAI list prices (USD per 1M tokens) at the time of writing; check before relying on them."""
 
-LOCAL_PROVIDERS = frozenset({"localmodel", "local", "llamacpp", "huggingface", "ollama"})
+LOCAL_PROVIDERS = frozenset({"divconq", "localmodel", "local", "llamacpp", "huggingface", "ollama"})
 """``ls_provider`` values (LangChain's tracing metadata) that mean "runs on your machine"."""
 
 _PARAMS = re.compile(r"(\d+(?:\.\d+)?)\s*([mb])\b", re.IGNORECASE)
@@ -59,7 +59,7 @@ class PriceTable(BaseModel):
         >>> table = PriceTable()
         >>> table.cost("gpt-4o-mini-2024-07-18", 1_000_000, 1_000_000)
         0.75
-        >>> table.cost("SmolLM2-135M-Instruct", 500, 100, provider="localmodel")
+        >>> table.cost("SmolLM2-135M-Instruct", 500, 100, provider="divconq")
         0.0
 
     """

@@ -139,13 +139,13 @@ def test_unpriced_model_gives_no_cost_and_local_is_free() -> None:
     table = PriceTable(prices={"mystery": ModelPrice(input=1.0, output=2.0)})
     priced = evaluate(chain, _task(2), prices=table, progress=False)
     assert priced.decomposition_cost_usd == pytest.approx((200 * 1.0 + 40 * 2.0) / 1e6)
-    assert PriceTable().cost("SmolLM2-135M-Instruct", 10**6, 10**6, provider="localmodel") == 0
+    assert PriceTable().cost("SmolLM2-135M-Instruct", 10**6, 10**6, provider="divconq") == 0
     per_param = PriceTable(usd_per_million_per_billion_params=1.0)
-    assert per_param.cost("SmolLM2-135M-Instruct", 10**6, 0, provider="localmodel") == (
+    assert per_param.cost("SmolLM2-135M-Instruct", 10**6, 0, provider="divconq") == (
         pytest.approx(0.135)
     )
     with pytest.raises(ValueError, match="parameters_billion"):
-        per_param.cost("my-model", 1, 1, provider="localmodel")
+        per_param.cost("my-model", 1, 1, provider="divconq")
 
 
 def test_price_table_from_json(tmp_path: Path) -> None:
@@ -161,7 +161,9 @@ def test_resume_skips_answered_questions(tmp_path: Path) -> None:
     solver = _solver()
     chain = create_divconq_chain(_decomposer(), solver)
     first = evaluate(chain, _task(), limit=3, records_path=records, progress=False)
-    assert len(load_records(records)) == 3
+    saved = load_records(records)
+    assert len(saved) == 3
+    assert saved[0].nodes["decomposer"].cost_usd == pytest.approx((100 * 0.15 + 20 * 0.6) / 1e6)
     # A torn last line (crash mid-write) is ignored.
     with records.open("a") as handle:
         handle.write('{"id": "ex3", "quest')
@@ -330,7 +332,7 @@ def test_cli_eval_writes_report_and_resumes(tmp_path: Path, monkeypatch, capsys)
     assert "decomposition quality" in printed
     data = json.loads((out / "results.json").read_text())
     assert {d["name"] for d in data} == {
-        "SmolLM2-135M + shipped adapter / SmolLM2-135M (local)",
+        "SmolLM2-135M (base: no shipped adapter) / SmolLM2-135M (local)",
         "- (single-stage cot) / SmolLM2-135M (local)",
     }
     assert (out / "plot.png").is_file() and (out / "table.md").is_file()
