@@ -69,6 +69,7 @@ DEFAULT_ADAPTER_DIR = Path(__file__).parent / "adapters" / "gsm8k-decomposer"
 _LOCAL_EXTRA = "pip install 'langchain-divconq[local]'"
 _CALL_KWARGS = frozenset({"max_tokens", "temperature", "top_p", "max_lines"})
 _IGNORED_KWARGS = frozenset({"stream"})  # LangChain's own streaming switch
+_BATCHER_INIT = threading.Lock()
 
 
 def _require_local() -> Any:
@@ -170,7 +171,8 @@ class ChatLocalModel(BaseChatModel):
 
     _gather_s: ClassVar[float] = 1.0
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-    _batcher: MicroBatcher = PrivateAttr()
+    _batcher: MicroBatcher | None = PrivateAttr(default=None)
+    _batcher_for: int = PrivateAttr(default=0)
     _eos_list: list[int] = PrivateAttr(default_factory=list)
     _eos_ids: frozenset[int] = PrivateAttr(default=frozenset())
     _pad_id: int = PrivateAttr(default=0)
@@ -213,10 +215,18 @@ class ChatLocalModel(BaseChatModel):
         self._eos_list = sorted(eos)
         # Finished rows are filled with the pad token, so it also ends a completion.
         self._eos_ids = frozenset(eos | {self._pad_id})
-        self._batcher = MicroBatcher(
-            self._generate_texts, lambda: self.batch_size, gather_s=self._gather_s
-        )
         return self
+
+    def _get_batcher(self) -> MicroBatcher:
+        # Built per instance on first use: model_copy() shares private attributes,
+        # and a copy's batcher must run the copy's model and batch_size.
+        with _BATCHER_INIT:
+            if self._batcher is None or self._batcher_for != id(self):
+                self._batcher = MicroBatcher(
+                    self._generate_texts, lambda: self.batch_size, gather_s=self._gather_s
+                )
+                self._batcher_for = id(self)
+            return self._batcher
 
     # ------------------------------------------------------------------ LangChain hooks
     @property
@@ -254,7 +264,7 @@ class ChatLocalModel(BaseChatModel):
             msg = f"stop must be a list of non-empty strings; received {stops!r}."
             raise ValueError(msg)
         return GenerationParams(
-            max_tokens=int(kwargs.get("max_tokens", self.max_tokens)),
+            max_tokens=kwargs.get("max_tokens", self.max_tokens),
             temperature=float(kwargs.get("temperature", self.temperature)),
             top_p=float(kwargs.get("top_p", self.top_p)),
             stop=tuple(stops or ()),
@@ -279,7 +289,7 @@ class ChatLocalModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         params = self._params(stop, kwargs)
-        future = self._batcher.submit(_chat_dicts(messages), params, BATCH_TICKET.get())
+        future = self._get_batcher().submit(_chat_dicts(messages), params, BATCH_TICKET.get())
         return ChatResult(generations=[ChatGeneration(message=self._message(future.result()))])
 
     async def _agenerate(
@@ -292,7 +302,7 @@ class ChatLocalModel(BaseChatModel):
         # Await the batcher's future instead of parking an executor thread on it,
         # so an abatch of hundreds of prompts does not exhaust the default pool.
         params = self._params(stop, kwargs)
-        future = self._batcher.submit(_chat_dicts(messages), params, BATCH_TICKET.get())
+        future = self._get_batcher().submit(_chat_dicts(messages), params, BATCH_TICKET.get())
         result = await asyncio.wrap_future(future)
         return ChatResult(generations=[ChatGeneration(message=self._message(result))])
 
@@ -396,13 +406,13 @@ class ChatLocalModel(BaseChatModel):
             return super().batch(inputs, configs, return_exceptions=return_exceptions, **kwargs)
         configs = [{**c, "max_concurrency": len(inputs)} for c in configs]
         ticket = BatchTicket(len(inputs))
-        self._batcher.expect(ticket)
+        self._get_batcher().expect(ticket)
         token = BATCH_TICKET.set(ticket)
         try:
             return super().batch(inputs, configs, return_exceptions=return_exceptions, **kwargs)
         finally:
             BATCH_TICKET.reset(token)
-            self._batcher.release(ticket)
+            self._get_batcher().release(ticket)
 
     async def abatch(
         self,
@@ -419,7 +429,7 @@ class ChatLocalModel(BaseChatModel):
                 inputs, configs, return_exceptions=return_exceptions, **kwargs
             )
         ticket = BatchTicket(len(inputs))
-        self._batcher.expect(ticket)
+        self._get_batcher().expect(ticket)
         token = BATCH_TICKET.set(ticket)
         try:
             return await super().abatch(
@@ -427,7 +437,7 @@ class ChatLocalModel(BaseChatModel):
             )
         finally:
             BATCH_TICKET.reset(token)
-            self._batcher.release(ticket)
+            self._get_batcher().release(ticket)
 
     # ------------------------------------------------------------------ generation
     def _encode(self, prompt: list[dict[str, str]]) -> list[int]:

@@ -45,6 +45,24 @@ class GenerationParams:
     stop: tuple[str, ...] = ()
     max_lines: int | None = None
 
+    def __post_init__(self) -> None:
+        problems = []
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            problems.append(f"max_tokens must be a positive int (received {self.max_tokens!r})")
+        if self.temperature < 0:
+            problems.append(f"temperature must be >= 0 (received {self.temperature!r})")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p must be in (0, 1] (received {self.top_p!r})")
+        if self.max_lines is not None and (
+            not isinstance(self.max_lines, int) or self.max_lines < 1
+        ):
+            problems.append(
+                f"max_lines must be None or a positive int (received {self.max_lines!r})"
+            )
+        if problems:
+            msg = "Invalid generation settings: " + "; ".join(problems) + "."
+            raise ValueError(msg)
+
 
 @dataclass(frozen=True)
 class GenerationResult:
@@ -166,12 +184,13 @@ class MicroBatcher:
                 self._expected -= 1
             self._last_arrival = time.monotonic()
             if self._worker is None:
-                self._worker = threading.Thread(
-                    target=self._run, name="divconq-local-batcher", daemon=True
-                )
-                self._worker.start()
+                self._start_worker()
             self._cond.notify_all()
         return future
+
+    def _start_worker(self) -> None:
+        self._worker = threading.Thread(target=self._run, name="divconq-local-batcher", daemon=True)
+        self._worker.start()
 
     def _take(self) -> list[_Request] | None:
         with self._cond:
@@ -191,17 +210,29 @@ class MicroBatcher:
         return [r for r in group if r.future.set_running_or_notify_cancel()]
 
     def _run(self) -> None:
-        while (group := self._take()) is not None:
-            if not group:
-                continue
-            try:
-                results = self._run_batch([r.prompt for r in group], group[0].params)
-            except BaseException as exc:  # reported to every waiting caller
-                for r in group:
-                    r.future.set_exception(exc)
-            else:
-                for r, res in zip(group, results, strict=True):
-                    r.future.set_result(res)
+        try:
+            while (group := self._take()) is not None:
+                if group:
+                    self._serve(group)
+        finally:
+            with self._cond:
+                if self._worker is threading.current_thread():
+                    self._worker = None
+                    if self._queue:  # never leave callers waiting on a dead worker
+                        self._start_worker()
+
+    def _serve(self, group: list[_Request]) -> None:
+        try:
+            results = self._run_batch([r.prompt for r in group], group[0].params)
+            if len(results) != len(group):
+                msg = f"the engine returned {len(results)} results for {len(group)} prompts"
+                raise RuntimeError(msg)
+        except BaseException as exc:  # reported to every waiting caller
+            for r in group:
+                r.future.set_exception(exc)
+        else:
+            for r, res in zip(group, results, strict=True):
+                r.future.set_result(res)
 
 
 class StopCriteria:

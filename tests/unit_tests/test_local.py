@@ -328,6 +328,20 @@ def test_rejects_bad_calls(tiny_chat_model: ChatLocalModel) -> None:
         tiny_chat_model.invoke("hi", top_k=3)
     with pytest.raises(ValueError, match="text only"):
         tiny_chat_model.invoke([HumanMessage(content=[{"type": "image", "url": "http://x"}])])
+    with pytest.raises(ValueError, match=r"max_tokens must be a positive int \(received 0\)"):
+        tiny_chat_model.invoke("hi", max_tokens=0)
+    with pytest.raises(ValueError, match="top_p must be"):
+        tiny_chat_model.invoke("hi", top_p=2.0)
+
+
+def test_model_copy_runs_its_own_model(tiny_chat_model: ChatLocalModel) -> None:
+    original = str(tiny_chat_model.invoke("hello").content)
+    copied = tiny_chat_model.model_copy(update={"max_tokens": 3})
+    short = copied.invoke("hello")
+    assert short.usage_metadata is not None
+    assert short.usage_metadata["output_tokens"] == 3
+    assert original.startswith(str(short.content))
+    assert copied._get_batcher() is not tiny_chat_model._get_batcher()
 
 
 def test_missing_adapter_path_is_clear(tmp_path: Any) -> None:
