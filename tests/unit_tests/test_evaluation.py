@@ -348,3 +348,18 @@ def test_cli_eval_reports_missing_data(tmp_path: Path, monkeypatch, capsys) -> N
     monkeypatch.delenv("DIVCONQ_DATA", raising=False)
     assert main(["eval", "--task", "gsm8k", "--out", str(tmp_path / "o")]) == 2
     assert "--data-dir" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- with the real local model class
+def test_evaluate_with_chat_local_model_counts_real_tokens(tiny_chat_model: Any) -> None:
+    chain = create_divconq_chain(tiny_chat_model, tiny_chat_model)
+    result = evaluate(chain, _task(3), max_concurrency=3, progress=False)
+    assert result.failures == 0 and result.n == 3
+    for node in ("decomposer", "solver"):
+        stats = result.nodes[node]
+        assert stats.calls == 3 and not stats.estimated
+        assert 0 < stats.output_tokens <= 3 * 12  # max_tokens=12 per call
+        assert stats.input_tokens > 3 * 20  # the chat template's prompt, counted by the model
+        assert stats.models == ["tiny-llama"]
+        assert stats.cost_usd == 0.0  # a local model is free by default
+    assert result.cost_per_1k_usd == 0.0
