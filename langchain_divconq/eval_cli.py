@@ -67,7 +67,7 @@ def register_cli(subparsers: Any) -> None:
     parser.add_argument(
         "--quality",
         action="store_true",
-        help="also score the decomposer's sub-questions against gold ones (gsm8k, strategyqa)",
+        help="also score the run's sub-questions against gold ones (gsm8k, strategyqa)",
     )
     parser.add_argument(
         "--max-tokens",
@@ -119,7 +119,7 @@ def _build_chain(args: argparse.Namespace) -> Any:
 def _run(args: argparse.Namespace) -> int:
     from langchain_divconq.evaluation import evaluate
     from langchain_divconq.pricing import PriceTable
-    from langchain_divconq.quality import decomposition_quality
+    from langchain_divconq.quality import quality_from_outputs
     from langchain_divconq.report import run_paths, save_summary, write_report
     from langchain_divconq.tasks import load_task
 
@@ -160,15 +160,9 @@ def _run(args: argparse.Namespace) -> int:
             f"{'n/a' if cost is None else f'${cost:.4f}'}, p50 {result.latency_p50_s or 0:.2f}s)"
         )
         if args.quality and not args.single_stage and any(e.sub_questions for e in task.examples):
-            decomposer = chain.decomposer
-            quality = decomposition_quality(
-                decomposer,
-                task,
-                limit=args.limit,
-                max_sub_questions=args.max_sub_questions,
-                max_concurrency=args.concurrency,
-                progress=not args.no_progress,
-            )
+            # Score the decompositions this run already produced: no second model pass.
+            texts = {r.id: r.decomposition for r in result.records if r.error is None}
+            quality = quality_from_outputs(task, texts, max_sub_questions=args.max_sub_questions)
             path = out / "quality" / records_path.parent.name / f"{task.name}-{task.split}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(quality.model_dump_json(indent=2), encoding="utf-8")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from langchain_core.runnables import Runnable, RunnableConfig
@@ -31,6 +31,7 @@ __all__ = [
     "DecompositionQuality",
     "DecompositionRecord",
     "decomposition_quality",
+    "quality_from_outputs",
     "rouge_l",
     "similarity_tokens",
     "token_f1",
@@ -192,7 +193,7 @@ def decomposition_quality(
             bar = tqdm(total=len(examples), desc=f"decompose {task.name}", unit="q")
         except ImportError:
             bar = None
-    records: list[DecompositionRecord] = []
+    outputs: dict[str, str | BaseException] = {}
     run_config: RunnableConfig = {**(config or {}), "max_concurrency": max_concurrency}
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
@@ -200,22 +201,56 @@ def decomposition_quality(
             decomposer_messages(e.question, e.context, max_sub_questions=max_sub_questions)
             for e in chunk
         ]
-        outputs = decomposer.batch(prompts, run_config, return_exceptions=True)
-        for example, output in zip(chunk, outputs, strict=True):
-            record = DecompositionRecord(
-                id=example.id, question=example.question, gold=example.sub_questions
-            )
-            if isinstance(output, BaseException):
-                record = record.model_copy(update={"error": f"{type(output).__name__}: {output}"})
-            else:
-                text = message_text(output)
-                predicted = parse_sub_questions(text, max_sub_questions)
-                record = record.model_copy(update={"output": text, "predicted": predicted})
-            records.append(_score(record, max_sub_questions))
+        replies = decomposer.batch(prompts, run_config, return_exceptions=True)
+        for example, reply in zip(chunk, replies, strict=True):
+            outputs[example.id] = reply if isinstance(reply, BaseException) else message_text(reply)
         if bar is not None:
             bar.update(len(chunk))
     if bar is not None:
         bar.close()
+    return quality_from_outputs(task, outputs, max_sub_questions=max_sub_questions)
+
+
+def quality_from_outputs(
+    task: Task,
+    outputs: Mapping[str, str | BaseException | None],
+    *,
+    max_sub_questions: int = 3,
+) -> DecompositionQuality:
+    """Score decomposer texts already produced (e.g. an evaluation's records), by example id.
+
+    Examples of ``task`` without gold sub-questions, or missing from ``outputs``,
+    are skipped; an exception or None counts as a failed call.
+
+    Example:
+        >>> from langchain_divconq.tasks import Example, GSM8KTask
+        >>> task = GSM8KTask(name="gsm8k", split="test", examples=[
+        ...     Example(id="0", question="q", answer="1", sub_questions=["How many?"])])
+        >>> quality_from_outputs(task, {"0": "1. How many?"}).token_f1
+        1.0
+
+    """
+    records: list[DecompositionRecord] = []
+    for example in task.examples:
+        if not example.sub_questions or example.id not in outputs:
+            continue
+        output = outputs[example.id]
+        record = DecompositionRecord(
+            id=example.id, question=example.question, gold=example.sub_questions
+        )
+        if isinstance(output, BaseException) or output is None:
+            error = "no output" if output is None else f"{type(output).__name__}: {output}"
+            record = record.model_copy(update={"error": error})
+        else:
+            predicted = parse_sub_questions(output, max_sub_questions)
+            record = record.model_copy(update={"output": output, "predicted": predicted})
+        records.append(_score(record, max_sub_questions))
+    if not records:
+        msg = (
+            f"None of the outputs matches an example of {task.name!r} with gold "
+            "sub-questions; pass outputs keyed by Example.id."
+        )
+        raise ValueError(msg)
     n = len(records)
     return DecompositionQuality(
         task=task.name,

@@ -363,3 +363,16 @@ def test_evaluate_with_chat_local_model_counts_real_tokens(tiny_chat_model: Any)
         assert stats.models == ["tiny-llama"]
         assert stats.cost_usd == 0.0  # a local model is free by default
     assert result.cost_per_1k_usd == 0.0
+
+
+def test_quality_from_outputs_skips_and_reports() -> None:
+    from langchain_divconq.quality import quality_from_outputs
+
+    task = _task(3)
+    quality = quality_from_outputs(
+        task, {"ex0": "How many apples does person 0 have?\nHow many in total?", "ex1": None}
+    )
+    assert quality.n == 2 and quality.failures == 1  # ex2 absent: skipped
+    assert quality.records[0].count_match and quality.parse_rate == 0.5
+    with pytest.raises(ValueError, match="Example.id"):
+        quality_from_outputs(task, {"nope": "x?"})
