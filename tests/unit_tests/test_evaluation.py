@@ -374,5 +374,5 @@ def test_quality_from_outputs_skips_and_reports() -> None:
     )
     assert quality.n == 2 and quality.failures == 1  # ex2 absent: skipped
     assert quality.records[0].count_match and quality.parse_rate == 0.5
-    with pytest.raises(ValueError, match="Example.id"):
+    with pytest.raises(ValueError, match=r"Example\.id"):
         quality_from_outputs(task, {"nope": "x?"})
