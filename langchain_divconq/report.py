@@ -183,9 +183,9 @@ def _detail_table(results: Sequence[EvalResult]) -> str:
 def plot_results(results: Sequence[EvalResult], path: str | Path) -> Path | None:
     """Plot score against cost per 1,000 questions, one panel per task (PNG).
 
-    When every configuration costs $0 (all local), the x axis shows tokens per
-    question instead, so the plot still separates the configurations. Returns
-    None when matplotlib is not installed.
+    When every configuration of a task costs $0 (all local), that panel's x axis
+    shows tokens per question instead, so the plot still separates the
+    configurations. Returns None when matplotlib is not installed.
     """
     try:
         import matplotlib
@@ -197,7 +197,10 @@ def plot_results(results: Sequence[EvalResult], path: str | Path) -> Path | None
     columns = _columns(results)
     if not columns:
         return None
-    figure, axes = plt.subplots(1, len(columns), figsize=(5 * len(columns), 4), squeeze=False)
+    names = list(dict.fromkeys(r.name for r in results))
+    colors = {name: f"C{i % 10}" for i, name in enumerate(names)}
+    markers = {name: "osD^v<>ph*"[i % 10] for i, name in enumerate(names)}
+    figure, axes = plt.subplots(1, len(columns), figsize=(4.5 * len(columns), 4), squeeze=False)
     for axis, (task, split) in zip(axes[0], columns, strict=True):
         points = [r for r in results if (r.task, r.split) == (task, split)]
         costs = [r.cost_per_1k_usd for r in points]
@@ -207,16 +210,24 @@ def plot_results(results: Sequence[EvalResult], path: str | Path) -> Path | None
                 x = float(r.cost_per_1k_usd or 0.0)
             else:
                 x = sum(s.total_tokens for s in r.nodes.values()) / r.n if r.n else 0.0
-            axis.scatter([x], [100 * r.accuracy])
-            axis.annotate(r.name, (x, 100 * r.accuracy), fontsize=7, xytext=(3, 3),
-                          textcoords="offset points")  # fmt: skip
-        axis.set_xlabel("$ per 1,000 questions" if use_cost else "tokens per question ($0: local)")
+            axis.scatter(
+                [x], [100 * r.accuracy], color=colors[r.name], marker=markers[r.name], s=60,
+                label=r.name,
+            )  # fmt: skip
+        axis.set_xlabel("$ per 1,000 questions" if use_cost else "tokens per question (all $0)")
         axis.set_ylabel(f"{points[0].metric} (%)")
+        axis.set_ylim(-2, 102)
         axis.set_title(f"{task} {split} (n={max(r.n for r in points)})")
         if use_cost:
             axis.set_xscale("symlog", linthresh=0.01)
+        else:
+            axis.set_xlim(left=0, right=1.15 * max(axis.get_xlim()[1], 1.0))
         axis.grid(alpha=0.3)
-    figure.tight_layout()
+    handles = [
+        plt.Line2D([], [], color=colors[n], marker=markers[n], linestyle="", label=n) for n in names
+    ]
+    figure.legend(handles=handles, loc="lower center", ncol=1, fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0.06 * len(names) + 0.02, 1, 1))
     path = Path(path)
     figure.savefig(path, dpi=120)
     plt.close(figure)
