@@ -14,18 +14,16 @@ at a time through ``model.astream`` (token by token), taking turns with the batc
 """
 
 import argparse
-import json
 import logging
 import signal
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.messages.ai import UsageMetadata, add_usage
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from langchain_divconq.batcher import (
     BatcherClosedError,
@@ -33,12 +31,23 @@ from langchain_divconq.batcher import (
     MicroBatcher,
     QueueFullError,
 )
+from langchain_divconq.openai_protocol import (
+    APIError,
+    StopFilter,
+    cut_at_stop,
+    finish_reason,
+    generation_params,
+    parse_request,
+    sse,
+    to_messages,
+    usage_body,
+)
 from langchain_divconq.prompts import message_text
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-__all__ = ["ChatCompletionRequest", "ChatMessageIn", "create_app", "register_cli"]
+__all__ = ["DEFAULT_ALIAS", "create_app", "register_cli"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,199 +55,9 @@ DEFAULT_ALIAS = "default"
 """A model name the server always accepts besides its ``model_id`` (what specs.py sends)."""
 
 
-# ------------------------------------------------------------------ request schema
-class _TextPart(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
-
-    type: Literal["text"] = Field(description="Only text parts are supported.")
-    text: str = Field(description="The text of this part.")
-
-
-class ChatMessageIn(BaseModel):
-    """One message of a chat completion request."""
-
-    model_config = ConfigDict(strict=True, extra="ignore")
-
-    role: Literal["system", "developer", "user", "assistant"] = Field(
-        description="Who wrote the message; tool messages are not supported."
-    )
-    content: str | list[_TextPart] | None = Field(
-        default=None, description="The text, or a list of text parts."
-    )
-
-
-class _StreamOptions(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
-
-    include_usage: bool = Field(default=False, description="Send a last chunk with usage.")
-
-
-class ChatCompletionRequest(BaseModel):
-    """The body of ``POST /v1/chat/completions`` (the subset of OpenAI's that is honoured)."""
-
-    model_config = ConfigDict(strict=True, extra="ignore")
-
-    model: str = Field(description="The served model id (see GET /v1/models) or 'default'.")
-    messages: list[ChatMessageIn] = Field(min_length=1, description="The conversation.")
-    temperature: float | None = Field(default=None, ge=0, le=2, description="0 is greedy.")
-    max_tokens: int | None = Field(default=None, ge=1, description="New-token budget.")
-    max_completion_tokens: int | None = Field(
-        default=None, ge=1, description="New-token budget (OpenAI's newer name; wins)."
-    )
-    stop: str | list[str] | None = Field(default=None, description="Up to 4 stop strings.")
-    stream: bool = Field(default=False, description="Answer with server-sent events.")
-    stream_options: _StreamOptions | None = Field(default=None, description="Streaming options.")
-    n: int = Field(default=1, ge=1, description="Only 1 is supported.")
-    tools: list[Any] | None = Field(default=None, description="Not supported when non-empty.")
-    response_format: dict[str, Any] | None = Field(
-        default=None, description="Only {'type': 'text'} is supported."
-    )
-
-
-class _APIError(Exception):
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = (
-            status,
-            message,
-            type,
-            param,
-            code,
-        )
-
-    def body(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
-
-
-def _parse_request(raw: bytes) -> ChatCompletionRequest:
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        msg = f"The request body is not valid JSON ({exc}). Send a JSON object."
-        raise _APIError(400, msg, code="invalid_json") from exc
-    if not isinstance(data, dict):
-        msg = f"The request body must be a JSON object, got {type(data).__name__}."
-        raise _APIError(400, msg, code="invalid_json")
-    try:
-        request = ChatCompletionRequest.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(part) for part in first["loc"]) or None
-        msg = f"Invalid value for '{param}': {first['msg']} (got {first.get('input')!r:.80})."
-        raise _APIError(400, msg, param=param, code="invalid_value") from exc
-    unsupported = {
-        "n": request.n > 1,
-        "tools": bool(request.tools),
-        "response_format": (request.response_format or {"type": "text"}).get("type") != "text",
-    }
-    for param, bad in unsupported.items():
-        if bad:
-            msg = f"'{param}' is not supported by this server (got {getattr(request, param)!r})."
-            raise _APIError(400, msg, param=param, code="unsupported_parameter")
-    if isinstance(request.stop, list) and len(request.stop) > 4:
-        msg = f"'stop' takes at most 4 strings, got {len(request.stop)}."
-        raise _APIError(400, msg, param="stop", code="invalid_value")
-    return request
-
-
-def _to_messages(request: ChatCompletionRequest) -> list[BaseMessage]:
-    out: list[BaseMessage] = []
-    for message in request.messages:
-        content = message.content
-        text = "".join(p.text for p in content) if isinstance(content, list) else content or ""
-        if message.role in ("system", "developer"):
-            out.append(SystemMessage(content=text))
-        elif message.role == "user":
-            out.append(HumanMessage(content=text))
-        else:
-            out.append(AIMessage(content=text))
-    return out
-
-
-def _params(request: ChatCompletionRequest) -> GenerationParams:
-    stop = [request.stop] if isinstance(request.stop, str) else request.stop or []
-    return GenerationParams(
-        temperature=request.temperature,
-        max_tokens=request.max_completion_tokens or request.max_tokens,
-        stop=tuple(s for s in stop if s),
-    )
-
-
-# ----------------------------------------------------------------- response helpers
-def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
-    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
-
-
-class _StopFilter:
-    """Cut a token stream at the first stop string, holding back text that may start one."""
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = stops
-        self.hold = max((len(s) for s in stops), default=1) - 1
-        self.buffer = ""
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        self.buffer += text
-        out, hit = _cut_at_stop(self.buffer, self.stops)
-        if hit:
-            self.buffer = ""
-            return out, True
-        keep = len(self.buffer) - self.hold if self.hold else len(self.buffer)
-        out, self.buffer = self.buffer[: max(keep, 0)], self.buffer[max(keep, 0) :]
-        return out, False
-
-    def flush(self) -> str:
-        out, self.buffer = self.buffer, ""
-        return out
-
-
-def _usage_body(usage: UsageMetadata | None) -> dict[str, int]:
-    prompt = int(usage["input_tokens"]) if usage else 0
-    completion = int(usage["output_tokens"]) if usage else 0
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
-
-
-def _finish_reason(
-    message: BaseMessage, usage: UsageMetadata | None, budget: int | None, stopped: bool
-) -> str:
-    reported = (message.response_metadata or {}).get("finish_reason")
-    if stopped:
-        return "stop"
-    if reported in ("stop", "length"):
-        return str(reported)
-    if budget is not None and usage and usage.get("output_tokens", 0) >= budget:
-        return "length"
-    return "stop"
-
-
 def _budget(model: BaseChatModel, params: GenerationParams) -> int | None:
     budget = params.max_tokens or getattr(model, "max_tokens", None)
     return budget if isinstance(budget, int) else None
-
-
-def _sse(payload: dict[str, Any] | str) -> str:
-    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
-    return f"data: {data}\n\n"
 
 
 # ------------------------------------------------------------------------- the app
@@ -296,14 +115,14 @@ def create_app(
     app = FastAPI(title="langchain-divconq decomposer server", lifespan=lifespan)
     app.state.batcher = batcher
 
-    @app.exception_handler(_APIError)
-    async def api_error(request: Request, exc: _APIError) -> JSONResponse:
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
         headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
         return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        error = _APIError(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}")
+        error = APIError(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}")
         return JSONResponse(error.body(), status_code=exc.status_code)
 
     def model_card() -> dict[str, Any]:
@@ -329,18 +148,16 @@ def create_app(
     @app.get("/v1/models/{model_name}")
     async def get_model(model_name: str) -> dict[str, Any]:
         if model_name not in (model_id, DEFAULT_ALIAS):
-            raise _APIError(
-                404, f"The model {model_name!r} does not exist.", code="model_not_found"
-            )
+            raise APIError(404, f"The model {model_name!r} does not exist.", code="model_not_found")
         return model_card()
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: Request) -> JSONResponse | StreamingResponse:
-        body = _parse_request(await request.body())
+        body = parse_request(await request.body())
         if body.model not in (model_id, DEFAULT_ALIAS):
             msg = f"The model {body.model!r} does not exist; this server serves {model_id!r}."
-            raise _APIError(404, msg, param="model", code="model_not_found")
-        messages, params = _to_messages(body), _params(body)
+            raise APIError(404, msg, param="model", code="model_not_found")
+        messages, params = to_messages(body), generation_params(body)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -356,16 +173,16 @@ def create_app(
         try:
             reply = await batcher.submit(messages, params)
         except QueueFullError as exc:
-            raise _APIError(429, str(exc), type="rate_limit_error", code="queue_full") from exc
+            raise APIError(429, str(exc), type="rate_limit_error", code="queue_full") from exc
         except BatcherClosedError as exc:
-            raise _APIError(503, str(exc), type="server_error", code="shutting_down") from exc
+            raise APIError(503, str(exc), type="server_error", code="shutting_down") from exc
         except Exception as exc:
             logger.exception("Generation failed")
             msg = f"Generation failed: {type(exc).__name__}: {exc}"
-            raise _APIError(500, msg, type="server_error", code="generation_failed") from exc
-        text, stopped = _cut_at_stop(message_text(reply), params.stop)
+            raise APIError(500, msg, type="server_error", code="generation_failed") from exc
+        text, stopped = cut_at_stop(message_text(reply), params.stop)
         usage = getattr(reply, "usage_metadata", None)
-        finish = _finish_reason(reply, usage, _budget(batcher.variant(params), params), stopped)
+        finish = finish_reason(reply, usage, _budget(batcher.variant(params), params), stopped)
         return JSONResponse(
             {
                 "id": completion_id,
@@ -380,7 +197,7 @@ def create_app(
                         "logprobs": None,
                     }
                 ],
-                "usage": _usage_body(usage),
+                "usage": usage_body(usage),
             }
         )
 
@@ -392,9 +209,9 @@ async def _first_event(events: AsyncGenerator[str, None]) -> str:
     try:
         return await events.__anext__()
     except QueueFullError as exc:
-        raise _APIError(429, str(exc), type="rate_limit_error", code="queue_full") from exc
+        raise APIError(429, str(exc), type="rate_limit_error", code="queue_full") from exc
     except BatcherClosedError as exc:
-        raise _APIError(503, str(exc), type="server_error", code="shutting_down") from exc
+        raise APIError(503, str(exc), type="server_error", code="shutting_down") from exc
 
 
 async def _chain_events(first: str, rest: AsyncGenerator[str, None]) -> AsyncIterator[str]:
@@ -428,8 +245,8 @@ async def _stream_events(
         return body
 
     async with batcher.exclusive(params) as model:
-        yield _sse(chunk({"role": "assistant", "content": ""}))
-        stop_filter = _StopFilter(params.stop)
+        yield sse(chunk({"role": "assistant", "content": ""}))
+        stop_filter = StopFilter(params.stop)
         usage: UsageMetadata | None = None
         last: BaseMessage = AIMessage(content="")
         stopped = False
@@ -441,24 +258,24 @@ async def _stream_events(
                     usage = piece_usage if usage is None else add_usage(usage, piece_usage)
                 text, stopped = stop_filter.feed(message_text(piece))
                 if text:
-                    yield _sse(chunk({"content": text}))
+                    yield sse(chunk({"content": text}))
                 if stopped:
                     break
         except Exception as exc:
             logger.exception("Streaming generation failed")
             msg = f"Generation failed: {type(exc).__name__}: {exc}"
-            yield _sse(_APIError(500, msg, type="server_error", code="generation_failed").body())
-            yield _sse("[DONE]")
+            yield sse(APIError(500, msg, type="server_error", code="generation_failed").body())
+            yield sse("[DONE]")
             return
         tail = "" if stopped else stop_filter.flush()
         if tail:
-            yield _sse(chunk({"content": tail}))
-        yield _sse(chunk({}, _finish_reason(last, usage, _budget(model, params), stopped)))
+            yield sse(chunk({"content": tail}))
+        yield sse(chunk({}, finish_reason(last, usage, _budget(model, params), stopped)))
         if include_usage:
             final = chunk({})
-            final["choices"], final["usage"] = [], _usage_body(usage)
-            yield _sse(final)
-        yield _sse("[DONE]")
+            final["choices"], final["usage"] = [], usage_body(usage)
+            yield sse(final)
+        yield sse("[DONE]")
 
 
 # ---------------------------------------------------------------------------- CLI

@@ -25,7 +25,8 @@ from langchain_divconq.batcher import (
     QueueFullError,
 )
 from langchain_divconq.cli import main
-from langchain_divconq.server import _StopFilter, create_app
+from langchain_divconq.openai_protocol import StopFilter
+from langchain_divconq.server import create_app
 
 MODEL_ID = "divconq-test"
 DECOMPOSER_SYSTEM = "Write sub-questions, one per line."
@@ -142,7 +143,7 @@ def test_stop_and_max_tokens(client: openai.OpenAI) -> None:
 
 
 def test_stop_filter_holds_back_across_chunks() -> None:
-    stop_filter = _StopFilter(["STOP"])
+    stop_filter = StopFilter(["STOP"])
     out = []
     for piece in ["abc S", "T", "OP more"]:
         text, hit = stop_filter.feed(piece)
@@ -151,7 +152,7 @@ def test_stop_filter_holds_back_across_chunks() -> None:
             break
     assert "".join(out) == "abc "
     assert hit
-    no_stop = _StopFilter([])
+    no_stop = StopFilter([])
     assert no_stop.feed("abc") == ("abc", False)
 
 
@@ -342,12 +343,25 @@ def test_overload_gets_429_not_a_crash() -> None:
         rejected = next(r for r in responses if r.status_code == 429)
         assert rejected.json()["error"]["code"] == "queue_full"
         assert rejected.headers["retry-after"] == "1"
-        # A streaming request beyond the queue is refused before the stream starts.
         health = httpx.get(url.removesuffix("/v1") + "/health").json()
         assert health["rejected"] == codes.count(429)
         assert health["pending"] == 0
         after = httpx.post(f"{url}/chat/completions", json={"model": MODEL_ID, "messages": ask()})
         assert after.status_code == 200
+
+        # A streaming request beyond the queue is refused before its stream starts.
+        async def stream_while_busy() -> list[int]:
+            async with httpx.AsyncClient(timeout=30) as http:
+                body = {"model": MODEL_ID, "messages": ask()}
+                busy = [
+                    asyncio.ensure_future(http.post(f"{url}/chat/completions", json=body))
+                    for _ in range(2)
+                ]
+                await asyncio.sleep(0.1)
+                streamed = await http.post(f"{url}/chat/completions", json={**body, "stream": True})
+                return [streamed.status_code] + [(await b).status_code for b in busy]
+
+        assert asyncio.run(stream_while_busy()) == [429, 200, 200]
 
 
 # ---------------------------------------------------------------- the batcher

@@ -1,0 +1,226 @@
+"""Load benchmark for ``divconq serve``: requests/s and p50/p95 latency at 1, 8, 32 clients.
+
+Starts the real server (``python -m langchain_divconq.cli serve``) on 127.0.0.1 twice,
+side by side in one run:
+
+- ``batched``: the default micro-batcher (``--max-batch 32``): concurrent requests
+  share one generate call;
+- ``unbatched``: the same server with ``--max-batch 1``, i.e. one generate call per
+  request (what a plain request-per-call wrapper around ``transformers`` does).
+
+Each client sends decomposer prompts for GSM8K test questions through the real
+``openai`` async client, one request at a time, until the level's request budget is
+spent. The last line printed is a JSON object with every number.
+
+Run from the project root:
+
+    python benchmarks/serve_load.py                    # embedded SmolLM2, base model
+    python benchmarks/serve_load.py --quick            # fewer requests
+    python benchmarks/serve_load.py --decomposer PATH --adapter PATH
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+
+from langchain_divconq.prompts import decomposer_messages
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
+FALLBACK_QUESTIONS = [
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many "
+    "clips in May. How many clips did Natalia sell altogether in April and May?",
+    "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of "
+    "babysitting. How much did she earn?",
+]
+
+
+def load_questions(n: int) -> list[str]:
+    if DATA.is_file():
+        with DATA.open() as fh:
+            questions = [
+                json.loads(line)["question"] for _, line in zip(range(n), fh, strict=False)
+            ]
+        return questions
+    return [FALLBACK_QUESTIONS[i % len(FALLBACK_QUESTIONS)] for i in range(n)]
+
+
+def openai_messages(question: str) -> list[dict[str, str]]:
+    roles = {"system": "system", "human": "user", "ai": "assistant"}
+    return [
+        {"role": roles[m.type], "content": str(m.content)} for m in decomposer_messages(question)
+    ]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """A ``divconq serve`` subprocess on 127.0.0.1."""
+
+    def __init__(self, args: argparse.Namespace, max_batch: int) -> None:
+        self.port = free_port()
+        command = [sys.executable, "-m", "langchain_divconq.cli", "serve"]
+        command += ["--port", str(self.port), "--max-batch", str(max_batch)]
+        command += ["--decomposer", args.decomposer, "--adapter", args.adapter]
+        command += ["--model-id", "bench", "--max-queue", "1024"]
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        }
+        self.process = subprocess.Popen(command, env=env)
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 300
+        while True:
+            if self.process.poll() is not None:
+                msg = f"divconq serve exited with {self.process.returncode}"
+                raise RuntimeError(msg)
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                msg = "divconq serve did not start within 300 s"
+                raise RuntimeError(msg)
+            time.sleep(0.2)
+
+    def health(self) -> dict[str, Any]:
+        return dict(httpx.get(f"{self.url}/health", timeout=5).json())
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+async def run_level(
+    url: str, questions: list[str], clients: int, requests: int, max_tokens: int
+) -> dict[str, Any]:
+    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=600)
+    latencies: list[float] = []
+    tokens = 0
+    next_index = 0
+
+    async def worker() -> None:
+        nonlocal tokens, next_index
+        while next_index < requests:
+            i = next_index
+            next_index += 1
+            started = time.perf_counter()
+            reply = await client.chat.completions.create(
+                model="bench",
+                messages=openai_messages(questions[i % len(questions)]),  # type: ignore[arg-type]
+                max_tokens=max_tokens,
+                temperature=0,
+            )
+            latencies.append(time.perf_counter() - started)
+            tokens += reply.usage.completion_tokens if reply.usage else 0
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    wall = time.perf_counter() - started
+    await client.close()
+    return {
+        "clients": clients,
+        "requests": requests,
+        "wall_s": round(wall, 2),
+        "requests_per_s": round(requests / wall, 3),
+        "completion_tokens_per_s": round(tokens / wall, 1),
+        "p50_latency_s": round(statistics.median(latencies), 3),
+        "p95_latency_s": round(percentile(latencies, 0.95), 3),
+    }
+
+
+def bench_server(
+    args: argparse.Namespace, name: str, max_batch: int, questions: list[str]
+) -> dict[str, Any]:
+    server = Server(args, max_batch)
+    try:
+        asyncio.run(run_level(server.url, questions, 1, 1, args.max_tokens))  # warm-up
+        levels = []
+        for clients in args.clients:
+            before = server.health()
+            requests = max(clients, args.requests_per_client * clients)
+            if clients == 1:
+                requests = max(requests, args.min_serial_requests)
+            result = asyncio.run(
+                run_level(server.url, questions, clients, requests, args.max_tokens)
+            )
+            after = server.health()
+            result["model_batches"] = after["batches"] - before["batches"]
+            result["largest_batch"] = after["largest_batch"]
+            levels.append(result)
+            print(f"[{name}] {json.dumps(result)}", flush=True)
+    finally:
+        exit_code = server.stop()
+    return {"max_batch": max_batch, "levels": levels, "sigterm_exit_code": exit_code}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--decomposer", default="default")
+    parser.add_argument("--adapter", default="none")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--requests-per-client", type=int, default=1)
+    parser.add_argument("--min-serial-requests", type=int, default=4)
+    parser.add_argument("--quick", action="store_true", help="clients 1 and 8 only")
+    parser.add_argument("--skip-unbatched", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.clients = [1, 8]
+        args.min_serial_requests = 2
+    questions = load_questions(max(args.clients) * args.requests_per_client)
+    results = {"batched": bench_server(args, "batched", max(args.clients), questions)}
+    if not args.skip_unbatched:
+        results["unbatched"] = bench_server(args, "unbatched", 1, questions)
+    summary: dict[str, Any] = {
+        "benchmark": "serve_load",
+        "decomposer": args.decomposer,
+        "adapter": args.adapter,
+        "max_tokens": args.max_tokens,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "results": results,
+    }
+    if "unbatched" in results:
+        summary["speedup_requests_per_s"] = {
+            str(b["clients"]): round(b["requests_per_s"] / u["requests_per_s"], 2)
+            for b, u in zip(
+                results["batched"]["levels"], results["unbatched"]["levels"], strict=True
+            )
+        }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
