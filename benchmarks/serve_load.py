@@ -160,29 +160,19 @@ async def run_level(
     }
 
 
-def bench_server(
-    args: argparse.Namespace, name: str, max_batch: int, questions: list[str]
+def bench_level(
+    args: argparse.Namespace, name: str, server: Server, clients: int, questions: list[str]
 ) -> dict[str, Any]:
-    server = Server(args, max_batch)
-    try:
-        asyncio.run(run_level(server.url, questions, 1, 1, args.max_tokens))  # warm-up
-        levels = []
-        for clients in args.clients:
-            before = server.health()
-            requests = max(clients, args.requests_per_client * clients)
-            if clients == 1:
-                requests = max(requests, args.min_serial_requests)
-            result = asyncio.run(
-                run_level(server.url, questions, clients, requests, args.max_tokens)
-            )
-            after = server.health()
-            result["model_batches"] = after["batches"] - before["batches"]
-            result["largest_batch"] = after["largest_batch"]
-            levels.append(result)
-            print(f"[{name}] {json.dumps(result)}", flush=True)
-    finally:
-        exit_code = server.stop()
-    return {"max_batch": max_batch, "levels": levels, "sigterm_exit_code": exit_code}
+    requests = max(clients, args.requests_per_client * clients)
+    if clients == 1:
+        requests = max(requests, args.min_serial_requests)
+    before = server.health()
+    result = asyncio.run(run_level(server.url, questions, clients, requests, args.max_tokens))
+    after = server.health()
+    result["model_batches"] = after["batches"] - before["batches"]
+    result["largest_batch"] = after["largest_batch"]
+    print(f"[{name}] {json.dumps(result)}", flush=True)
+    return result
 
 
 def main() -> None:
@@ -200,16 +190,32 @@ def main() -> None:
         args.clients = [1, 8]
         args.min_serial_requests = 2
     questions = load_questions(max(args.clients) * args.requests_per_client)
-    results = {"batched": bench_server(args, "batched", max(args.clients), questions)}
-    if not args.skip_unbatched:
-        results["unbatched"] = bench_server(args, "unbatched", 1, questions)
+    # Both servers stay up for the whole run and each level runs on one right after the
+    # other, so that a change in machine load hits both sides alike (an idle server
+    # costs no CPU).
+    sizes = {"batched": max(args.clients)} | ({} if args.skip_unbatched else {"unbatched": 1})
+    results: dict[str, Any] = {name: {"max_batch": b, "levels": []} for name, b in sizes.items()}
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    servers: dict[str, Server] = {}
+    try:
+        for name, max_batch in sizes.items():
+            servers[name] = Server(args, max_batch)
+        for server in servers.values():  # warm-up
+            asyncio.run(run_level(server.url, questions, 1, 1, args.max_tokens))
+        for clients in args.clients:
+            for name, server in servers.items():
+                results[name]["levels"].append(bench_level(args, name, server, clients, questions))
+    finally:
+        for name, server in servers.items():
+            results[name]["sigterm_exit_code"] = server.stop()
     summary: dict[str, Any] = {
         "benchmark": "serve_load",
         "decomposer": args.decomposer,
         "adapter": args.adapter,
         "max_tokens": args.max_tokens,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "load_average_before": load_before,
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "results": results,
     }
     if "unbatched" in results:

@@ -14,12 +14,13 @@ at a time through ``model.astream`` (token by token), taking turns with the batc
 """
 
 import argparse
+import asyncio
 import logging
 import signal
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_ALIAS", "create_app", "register_cli"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DEFAULT_ALIAS = "default"
 """A model name the server always accepts besides its ``model_id`` (what specs.py sends)."""
@@ -171,7 +174,10 @@ def create_app(
                 headers={"Cache-Control": "no-cache"},
             )
         try:
-            reply = await batcher.submit(messages, params)
+            reply = await _unless_disconnected(request, batcher.submit(messages, params))
+        except _ClientGone:
+            # Nobody reads the answer; the batcher skips the request if it has not started.
+            return JSONResponse({}, status_code=499)
         except QueueFullError as exc:
             raise APIError(429, str(exc), type="rate_limit_error", code="queue_full") from exc
         except BatcherClosedError as exc:
@@ -202,6 +208,33 @@ def create_app(
         )
 
     return app
+
+
+class _ClientGone(Exception):
+    """The client closed the connection before its answer was ready."""
+
+
+async def _unless_disconnected(request: Any, work: Awaitable[T]) -> T:
+    """Await ``work``, cancelling it if the client disconnects first."""
+
+    async def disconnected() -> None:
+        # After the body has been read, the next ASGI message is the disconnect.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(disconnected())
+    try:
+        done, _ = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        raise
+    finally:
+        watch.cancel()
+    if task not in done:
+        task.cancel()
+        raise _ClientGone
+    return task.result()
 
 
 async def _first_event(events: AsyncGenerator[str, None]) -> str:

@@ -364,6 +364,33 @@ def test_overload_gets_429_not_a_crash() -> None:
         assert asyncio.run(stream_while_busy()) == [429, 200, 200]
 
 
+def test_a_request_whose_client_left_is_not_generated() -> None:
+    model = ScriptedChatModel(batch_delay=0.5)
+    with running_server(create_app(model, model_id=MODEL_ID, max_batch=1)) as url:
+
+        async def run() -> None:
+            async with httpx.AsyncClient(timeout=30) as http:
+                body = {"model": MODEL_ID, "messages": ask("first")}
+                first = asyncio.ensure_future(http.post(f"{url}/chat/completions", json=body))
+                await asyncio.sleep(0.1)  # "first" is now being generated
+                with pytest.raises(httpx.ReadTimeout):
+                    await http.post(
+                        f"{url}/chat/completions",
+                        json={**body, "messages": ask("abandoned")},
+                        timeout=0.2,
+                    )
+                assert (await first).status_code == 200
+                last = await http.post(
+                    f"{url}/chat/completions", json={**body, "messages": ask("last")}
+                )
+                assert last.status_code == 200
+
+        asyncio.run(run())
+        prompts = [str(p[-1].content) for p in model.received]
+        assert prompts == ["first", "last"]
+        assert httpx.get(url.removesuffix("/v1") + "/health").json()["pending"] == 0
+
+
 # ---------------------------------------------------------------- the batcher
 def test_batcher_skips_cancelled_requests_and_fails_waiting_ones_on_close() -> None:
     model = ScriptedChatModel(batch_delay=0.2)
