@@ -20,6 +20,7 @@ _COMMAND_MODULES: list[str] = [
     # one entry per module that defines register_cli(subparsers)
     "langchain_divconq.server",
     "langchain_divconq.eval_cli",
+    "langchain_divconq.collect",
 ]
 
 

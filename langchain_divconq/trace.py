@@ -46,6 +46,11 @@ class NodeCall(BaseModel):
     latency_s: float | None = Field(default=None, description="Wall time of the call, seconds.")
     error: str | None = Field(default=None, description="The error, when the call failed.")
     run_id: str | None = Field(default=None, description="LangChain run id of the call.")
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Invocation parameters of the call (temperature, max_tokens, stop, ...), "
+        "with secrets removed.",
+    )
 
 
 class Trace(BaseModel):
