@@ -14,14 +14,22 @@ Reusable fixtures (session-scoped, built in-process, no network):
   that pair (``max_tokens=12``, greedy, ``model_name="tiny-llama"``), function-scoped.
 
 Tests that need torch/transformers are skipped when the ``local`` extra is missing.
+
+torch runs single-threaded in the tests (``OMP_NUM_THREADS=1`` unless already set):
+on a small shared machine two OpenMP threads that get descheduled spin at every
+barrier, which made one decoding step 20-50x slower under load (measured here);
+one thread is steady and the tiny models do not need more.
 """
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from typing import Any
 
 import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 TINY_MODEL_NAME = "tiny-llama"
 
