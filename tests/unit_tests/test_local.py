@@ -369,3 +369,47 @@ def test_missing_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(builtins, "__import__", no_torch)
     with pytest.raises(ImportError, match=r"pip install 'langchain-divconq\[local\]'"):
         load_local_model()
+
+
+def test_abatch_beyond_batch_size_and_thread_pool(
+    tiny_model_and_tokenizer: tuple[Any, Any], spy: _GenerateSpy
+) -> None:
+    model, tok = tiny_model_and_tokenizer
+    llm = ChatLocalModel(model=model, tokenizer=tok, max_tokens=3, batch_size=16)
+    prompts = [f"question number {i}" for i in range(20)]
+    out = asyncio.run(llm.abatch(prompts))
+    assert len(out) == 20
+    assert sorted(spy.sizes) == [4, 16]
+
+
+# ----------------------------------------------------------------------------- loading
+def test_load_local_model_with_lora_adapter(
+    tiny_model_and_tokenizer: tuple[Any, Any], tmp_path: Any
+) -> None:
+    peft = pytest.importorskip("peft")
+    model, tok = tiny_model_and_tokenizer
+    model.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    lora = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft.get_peft_model(copy.deepcopy(model), lora).save_pretrained(tmp_path / "adapter")
+
+    base = load_local_model(tmp_path / "base", device="cpu", max_tokens=8)
+    merged = load_local_model(tmp_path / "base", tmp_path / "adapter", device="cpu", max_tokens=8)
+    unmerged = load_local_model(
+        tmp_path / "base", str(tmp_path / "adapter"), merge_adapter=False, max_tokens=8
+    )
+    assert base.model_name == "base"
+    assert merged.model_name == "base+adapter"
+    assert not isinstance(merged.model, peft.PeftModel)  # merged for inference
+    assert isinstance(unmerged.model, peft.PeftModel)
+    assert merged.invoke("hello").content != base.invoke("hello").content
+    assert unmerged.invoke("hello").usage_metadata == merged.invoke("hello").usage_metadata
+
+
+def test_load_decomposer_defaults(tiny_model_and_tokenizer: tuple[Any, Any], tmp_path: Any) -> None:
+    model, tok = tiny_model_and_tokenizer
+    model.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    decomposer = load_decomposer(tmp_path / "base", adapter=None, max_sub_questions=2)
+    assert (decomposer.max_tokens, decomposer.temperature, decomposer.max_lines) == (128, 0.0, 3)
+    assert load_decomposer(tmp_path / "base", adapter=None, max_tokens=5).max_tokens == 5
