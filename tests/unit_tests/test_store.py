@@ -198,7 +198,7 @@ def test_sigkilled_writer_leaves_every_earlier_record(tmp_path: Path) -> None:
     path = tmp_path / "t.jsonl"
     writer = _run_script(_RECORDING_WRITER, str(path))
     assert writer.stdout is not None
-    acked = []
+    acked: list[int] = []
     deadline = time.monotonic() + 120
     while len(acked) < 150 and time.monotonic() < deadline:
         line = writer.stdout.readline()
