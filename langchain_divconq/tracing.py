@@ -27,6 +27,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
@@ -65,6 +66,11 @@ _SECRET_VALUE = re.compile(
 _MAX_DEPTH = 8
 
 
+@lru_cache(maxsize=4096)
+def _is_secret_key(name: str) -> bool:
+    return _SECRET_KEY.search(name) is not None
+
+
 def scrub_secrets(value: Any, *, values: bool = True, _depth: int = 0) -> Any:
     """Return a JSON-safe copy of ``value`` with secrets replaced by :data:`REDACTED`.
 
@@ -94,7 +100,7 @@ def scrub_secrets(value: Any, *, values: bool = True, _depth: int = 0) -> Any:
         clean: dict[str, Any] = {}
         for key, item in value.items():
             name = str(key)
-            if _SECRET_KEY.search(name) and item not in (None, "", [], {}):
+            if _is_secret_key(name) and item not in (None, "", [], {}):
                 clean[name] = REDACTED
             else:
                 clean[name] = scrub_secrets(item, values=values, _depth=_depth + 1)
@@ -169,8 +175,15 @@ class _LLMCall:
     """A model call under a node, until it ends."""
 
     node: _Node
-    input_text: str
+    messages: list[dict[str, Any]]
     model_name: str | None
+
+
+def _content_text(content: Any) -> str:
+    try:
+        return message_text(content) if content is not None else ""
+    except TypeError:
+        return ""
 
 
 def _error_text(error: BaseException) -> str:
@@ -461,7 +474,6 @@ class TraceRecorder(BaseCallbackHandler):
         parent_run_id: UUID | None,
         metadata: dict[str, Any] | None,
         messages: list[dict[str, Any]],
-        input_text: str,
         kwargs: Mapping[str, Any],
     ) -> None:
         run = self._track(run_id, parent_run_id, metadata)
@@ -478,7 +490,7 @@ class TraceRecorder(BaseCallbackHandler):
             node.messages = messages
             node.params = scrub_secrets(params)
             node.model_name = name or node.model_name
-            self._llm_calls[run_id] = _LLMCall(node=node, input_text=input_text, model_name=name)
+            self._llm_calls[run_id] = _LLMCall(node=node, messages=messages, model_name=name)
 
     def on_chat_model_start(
         self,
@@ -492,9 +504,9 @@ class TraceRecorder(BaseCallbackHandler):
     ) -> None:
         """Remember a chat model call's messages (OpenAI format), model and parameters."""
         prompt = messages[0] if messages else []
-        converted = scrub_secrets(convert_to_openai_messages(list(prompt)), values=False)
-        text = "\n".join(message_text(m) for m in prompt if isinstance(m.content, str | list))
-        self._model_start(run_id, parent_run_id, metadata, converted, text, kwargs)
+        # Prompts are kept verbatim (they are training data); only parameters are scrubbed.
+        converted = convert_to_openai_messages(list(prompt))
+        self._model_start(run_id, parent_run_id, metadata, list(converted), kwargs)
 
     def on_llm_start(
         self,
@@ -507,9 +519,8 @@ class TraceRecorder(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Remember a text-completion call's prompt (as one user message)."""
-        text = prompts[0] if prompts else ""
-        messages = [{"role": "user", "content": text}]
-        self._model_start(run_id, parent_run_id, metadata, messages, text, kwargs)
+        messages = [{"role": "user", "content": prompts[0] if prompts else ""}]
+        self._model_start(run_id, parent_run_id, metadata, messages, kwargs)
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         """Add the call's output text and token usage to its node."""
@@ -522,7 +533,8 @@ class TraceRecorder(BaseCallbackHandler):
         usage = _response_usage(response)
         if usage is None:
             # No reported usage: estimate, and say so, so cost reports stay honest.
-            inputs, outputs = estimate_tokens(call.input_text), estimate_tokens(text)
+            prompt = "\n".join(_content_text(m.get("content")) for m in call.messages)
+            inputs, outputs = estimate_tokens(prompt), estimate_tokens(text)
             usage = TokenUsage(
                 input_tokens=inputs,
                 output_tokens=outputs,
