@@ -81,7 +81,9 @@ def collect(
 
     Each run carries metadata ``reference`` (the gold answer), ``task``, ``split``
     and ``example_id``, and tags ``collect`` and the task name, and is scored
-    with ``task.score``. Runs go through ``chain.batch`` ``concurrency`` at a time.
+    with ``task.score``. Runs go through ``chain.batch`` ``concurrency`` at a time:
+    each chunk is one batch call per stage, so a local decomposer generates for the
+    whole chunk at once and an API model gets at most ``concurrency`` calls at once.
 
     Args:
         chain: A ``DivConqChain`` (or any runnable that uses one).
@@ -129,7 +131,6 @@ def collect(
                         "split": task.split,
                         "example_id": example.id,
                     },
-                    "max_concurrency": concurrency,
                 }
                 for example in chunk
             ]

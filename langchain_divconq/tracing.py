@@ -21,6 +21,7 @@ and the serialized model (which can hold keys in its ``repr``) is not stored.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
@@ -319,7 +320,7 @@ class TraceRecorder(BaseCallbackHandler):
 
     def __init__(
         self,
-        store: TraceStore | str | Any | None = None,
+        store: TraceStore | str | os.PathLike[str] | None = None,
         *,
         checker: Checker | None = None,
         score: bool = True,

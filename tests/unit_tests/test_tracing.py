@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _trace_fakes import EchoModel, make_chain, question
 from langchain_core.messages import convert_to_openai_messages
 from langchain_core.runnables import RunnableLambda
 
@@ -20,7 +21,6 @@ from langchain_divconq.prompts import decomposer_messages, solver_messages
 from langchain_divconq.store import JsonlTraceStore, MemoryTraceStore
 from langchain_divconq.trace import Trace
 from langchain_divconq.tracing import REDACTED, scrub_secrets
-from tests.unit_tests._trace_fakes import EchoModel, make_chain, question
 
 
 def _check_trace(trace: Trace, i: int) -> None:
@@ -107,7 +107,7 @@ def test_custom_checker_is_used() -> None:
 
     recorder = TraceRecorder(checker=checker)
     make_chain().invoke(question(2), {"callbacks": [recorder], "metadata": {"reference": "4"}})
-    assert recorder.store.traces[0].score == 0.5
+    assert next(iter(recorder.store)).score == 0.5
     assert seen[0][1].answer == "4" and seen[0][1].question == question(2)
 
 
@@ -385,3 +385,27 @@ def test_scrub_secrets_keeps_ordinary_fields() -> None:
         "nested": [{"password": REDACTED}, "plain text", f"key {REDACTED} end"],
         "client": "<object>",
     }
+
+
+def test_real_local_model_class_in_batch(tiny_chat_model: Any) -> None:
+    """ChatLocalModel batches generation across questions; each run still gets its trace."""
+    from langchain_divconq import create_divconq_chain
+
+    recorder = TraceRecorder()
+    chain = create_divconq_chain(tiny_chat_model, tiny_chat_model)
+    questions = [question(i) for i in range(4)]
+    outs = chain.batch(questions, _configs(recorder, 4))
+    traces = {t.metadata["item"]: t for t in recorder.store}
+    assert sorted(traces) == [0, 1, 2, 3]
+    for i, trace in traces.items():
+        assert trace.question == questions[i]
+        assert trace.decomposer is not None and trace.solver is not None
+        assert trace.decomposer.messages == convert_to_openai_messages(
+            decomposer_messages(questions[i])
+        )
+        assert trace.solution == outs[i]["solution"]
+        assert trace.solver.output == outs[i]["solution"]
+        for node in (trace.decomposer, trace.solver):
+            assert node.model_name == "tiny-llama"
+            assert node.usage is not None and not node.usage.estimated
+            assert 0 < node.usage.output_tokens <= 12
