@@ -1,0 +1,247 @@
+"""Decomposer decoding speed: our greedy engine against plain ``model.generate``.
+
+Same model, same GSM8K decomposer prompts (``prompts.decomposer_messages`` + the
+chat template), measured interleaved in one run so that machine load hits both
+sides alike. Every output of ours is checked token for token against generate.
+
+    python benchmarks/decode.py --quick                 # CPU, embedded SmolLM2, < 2 min
+    python benchmarks/decode.py --device cuda           # GPU: bf16, plus the compiled path
+    python benchmarks/decode.py --weights random        # no real weights needed for speed
+
+The last line printed is a JSON object (``tokens_per_s`` = ours at batch 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from langchain_divconq import prompts
+from langchain_divconq.embedded import embedded_model_path
+from langchain_divconq.generation import (
+    _prompt_lookup,
+    decomposer_stop,
+    generate_greedy,
+    text_stop_checker,
+)
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
+
+
+def load(weights: str, device: str, dtype: torch.dtype) -> tuple[Any, Any]:
+    path = embedded_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if weights == "embedded":
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    else:
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype)
+    return model.to(device).eval(), tokenizer
+
+
+def prompt_ids(tokenizer: Any, n: int, data: Path) -> list[list[int]]:
+    with data.open() as f:
+        questions = [json.loads(line)["question"] for _, line in zip(range(n), f, strict=False)]
+    return [prompt_ids_for(tokenizer, q) for q in questions]
+
+
+def prompt_ids_for(tokenizer: Any, question: str) -> list[int]:
+    messages = [
+        {"role": "system" if m.type == "system" else "user", "content": str(m.content)}
+        for m in prompts.decomposer_messages(question)
+    ]
+    enc = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True
+    )
+    return list(enc["input_ids"])
+
+
+def gold_tokens_per_pass(tokenizer: Any, data: Path, n: int, draft: int) -> float:
+    """Tokens per verify pass if the model wrote the human (Socratic) decompositions.
+
+    Acceptance depends only on the output text, so no model is needed: this is the
+    prompt-lookup acceptance a decomposer distilled on such data would see.
+    """
+    path = data.with_name("test_socratic.jsonl")
+    if not path.is_file():
+        return float("nan")
+    tokens = passes = 0
+    with path.open() as f:
+        for _, line in zip(range(n), f, strict=False):
+            ex = json.loads(line)
+            subs = [s.split(" ** ")[0] for s in ex["answer"].splitlines() if " ** " in s]
+            prompt = prompt_ids_for(tokenizer, ex["question"])
+            new = tokenizer(prompts.format_sub_questions(subs[:3]), add_special_tokens=False)
+            out = [*new["input_ids"], int(tokenizer.eos_token_id)]
+            done, passes = 1, passes + 1  # the prompt pass yields the first token
+            while done < len(out):
+                guess = _prompt_lookup(prompt + out[:done], 3, min(draft, len(out) - done - 1))
+                ok = 0
+                while ok < len(guess) and guess[ok] == out[done + ok]:
+                    ok += 1
+                done, passes = done + ok + 1, passes + 1
+            tokens += len(out)
+    return tokens / passes
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def plain_generate(
+    model: Any, batch: list[list[int]], max_new: int, pad: int, eos: int, **kwargs: Any
+) -> list[list[int]]:
+    width = max(len(p) for p in batch)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=model.device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=model.device)
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new,
+            do_sample=False,
+            pad_token_id=pad,
+            **kwargs,
+        )
+    rows = out[:, width:].tolist()
+    return [r[: r.index(eos) + 1] if eos in r else r for r in rows]
+
+
+def timed(device: str, fn: Any) -> tuple[Any, float]:
+    sync(device)
+    start = time.perf_counter()
+    result = fn()
+    sync(device)
+    return result, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--weights", default="embedded", choices=["embedded", "random"])
+    parser.add_argument("--quick", action="store_true", help="a short run (< 2 min on CPU)")
+    parser.add_argument("--prompts", type=int, default=None, help="batch-1 prompts")
+    parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument("--batch", type=int, default=None, help="prompts in the batched run")
+    parser.add_argument("--draft", type=int, default=4, help="draft tokens per step")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
+    parser.add_argument("--no-static", action="store_true", help="skip the static-cache baseline")
+    parser.add_argument("--data", type=Path, default=DATA)
+    args = parser.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cuda = args.device == "cuda"
+    n_prompts = args.prompts or (3 if args.quick else 8)
+    max_new = args.max_new_tokens or (48 if args.quick else 96)
+    batch_n = args.batch or (4 if args.quick else (64 if cuda else 16))
+    dtype = torch.bfloat16 if cuda else torch.float32
+    model, tokenizer = load(args.weights, args.device, dtype)
+    eos = int(tokenizer.eos_token_id)
+    pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
+    ids = prompt_ids(tokenizer, max(n_prompts, batch_n), args.data)
+    print(
+        f"device={args.device} weights={args.weights} dtype={dtype} threads="
+        f"{torch.get_num_threads()} prompts={n_prompts} max_new_tokens={max_new} batch={batch_n}"
+    )
+
+    # Warm-up (first calls allocate and, on CUDA, pick kernels).
+    plain_generate(model, ids[:1], 4, pad, eos)
+    generate_greedy(model, ids[:1], max_new_tokens=4, eos_token_ids=[eos])
+
+    # ---- batch 1, interleaved: plain generate, ours, (static-cache generate)
+    base_t = ours_t = stat_t = 0.0
+    base_n = ours_n = stat_n = passes = 0
+    mismatches = 0
+    latencies: list[float] = []
+    for i, p in enumerate(ids[:n_prompts]):
+        ref, dt = timed(args.device, lambda p=p: plain_generate(model, [p], max_new, pad, eos))
+        base_t, base_n = base_t + dt, base_n + len(ref[0])
+        got, dt = timed(
+            args.device,
+            lambda p=p: generate_greedy(
+                model, [p], max_new_tokens=max_new, eos_token_ids=[eos], num_draft_tokens=args.draft
+            ),
+        )
+        ours_t, ours_n = ours_t + dt, ours_n + len(got[0].token_ids)
+        passes += got[0].forward_passes
+        latencies.append(dt)
+        mismatches += got[0].token_ids != ref[0]
+        if not args.no_static and (i == 0 or not args.quick):
+            out, dt = timed(
+                args.device,
+                lambda p=p: plain_generate(
+                    model, [p], max_new, pad, eos, cache_implementation="static"
+                ),
+            )
+            stat_t, stat_n = stat_t + dt, stat_n + len(out[0])
+        print(
+            f"  prompt {i}: {len(ref[0])} tokens, plain {base_n / base_t:.1f} tok/s, "
+            f"ours {ours_n / ours_t:.1f} tok/s (running totals), "
+            f"same={got[0].token_ids == ref[0]}"
+        )
+
+    # ---- decomposer with early stop (what the chain actually runs)
+    stop = text_stop_checker(tokenizer, decomposer_stop(prompts.DEFAULT_MAX_SUB_QUESTIONS))
+    stop_lat = []
+    for p in ids[:n_prompts]:
+        _, dt = timed(
+            args.device,
+            lambda p=p: generate_greedy(
+                model, [p], max_new_tokens=max_new, eos_token_ids=[eos], stop_checker=stop
+            ),
+        )
+        stop_lat.append(dt)
+
+    # ---- batched, interleaved
+    batch = ids[:batch_n]
+    ref_b, base_bt = timed(args.device, lambda: plain_generate(model, batch, max_new, pad, eos))
+    got_b, ours_bt = timed(
+        args.device,
+        lambda: generate_greedy(model, batch, max_new_tokens=max_new, eos_token_ids=[eos]),
+    )
+    batch_tokens = sum(len(r) for r in ref_b)
+    batch_same = sum(g.token_ids == r for g, r in zip(got_b, ref_b, strict=True))
+
+    result: dict[str, Any] = {
+        "device": args.device,
+        "device_name": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
+        "weights": args.weights,
+        "dtype": str(dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "quick": args.quick,
+        "max_new_tokens": max_new,
+        "tokens_per_s": round(ours_n / ours_t, 2),
+        "baseline_tokens_per_s": round(base_n / base_t, 2),
+        "speedup": round((ours_n / ours_t) / (base_n / base_t), 2),
+        "tokens_per_forward_pass": round(ours_n / passes, 2),
+        "identical_batch1": f"{n_prompts - mismatches}/{n_prompts}",
+        "latency_s_median": round(statistics.median(latencies), 3),
+        "decomposer_stop_latency_s_median": round(statistics.median(stop_lat), 3),
+        "batch": batch_n,
+        "batch_tokens_per_s": round(batch_tokens / ours_bt, 2),
+        "baseline_batch_tokens_per_s": round(batch_tokens / base_bt, 2),
+        "batch_speedup": round(base_bt / ours_bt, 2),
+        "identical_batched": f"{batch_same}/{batch_n}",
+        "gold_decomposition_tokens_per_pass": round(
+            gold_tokens_per_pass(tokenizer, args.data, 200, args.draft), 2
+        ),
+    }
+    if stat_n:
+        result["static_cache_tokens_per_s"] = round(stat_n / stat_t, 2)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
