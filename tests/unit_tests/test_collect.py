@@ -137,3 +137,10 @@ def test_import_reports_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFix
     ]
     assert cli.main(argv) == 2
     assert "No such file" in capsys.readouterr().err
+
+
+def test_import_formats_match_the_importers() -> None:
+    from langchain_divconq.collect import IMPORT_FORMATS
+    from langchain_divconq.interop import IMPORTERS
+
+    assert sorted(IMPORT_FORMATS) == sorted(IMPORTERS)

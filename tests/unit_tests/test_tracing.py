@@ -409,3 +409,19 @@ def test_real_local_model_class_in_batch(tiny_chat_model: Any) -> None:
             assert node.model_name == "tiny-llama"
             assert node.usage is not None and not node.usage.estimated
             assert 0 < node.usage.output_tokens <= 12
+
+
+def test_solver_swapped_at_run_time_is_named_in_the_trace() -> None:
+    from langchain_core.runnables import ConfigurableField
+
+    solver = EchoModel(model_name="echo-sol").configurable_alternatives(
+        ConfigurableField(id="solver"), default_key="default", other=EchoModel(model_name="echo-b")
+    )
+    chain = make_chain().model_copy(update={"solver": solver})
+    recorder = TraceRecorder()
+    chain.invoke(question(1), {"callbacks": [recorder]})
+    chain.invoke(question(2), {"callbacks": [recorder], "configurable": {"solver": "other"}})
+    first, second = recorder.store
+    _check_trace(first, 1)
+    assert second.solver is not None and second.solver.model_name == "echo-b"
+    assert second.answer == "4"
