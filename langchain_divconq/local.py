@@ -166,6 +166,10 @@ class ChatLocalModel(BaseChatModel):
     """Device to move the model to (``cpu``, ``cuda``...); None keeps it where it is."""
     streaming: bool = False
     """Whether ``invoke`` streams internally (LangChain's standard switch)."""
+    fast_decoding: bool = False
+    """Run greedy, non-streaming calls on :func:`~langchain_divconq.generation.generate_greedy`
+    (prompt-lookup speculative decoding, the same tokens as ``generate``); the loaders
+    turn it on."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
@@ -483,6 +487,8 @@ class ChatLocalModel(BaseChatModel):
         streamer: Any = None,
         cancel: threading.Event | None = None,
     ) -> list[GenerationResult]:
+        if self.fast_decoding and streamer is None and params.temperature <= 0:
+            return self._generate_fast(encoded, params)
         torch = _require_local()
         from transformers import GenerationConfig, StoppingCriteriaList
 
@@ -513,6 +519,27 @@ class ChatLocalModel(BaseChatModel):
         return [
             self._finish(row, len(ids), params, i in criteria.stopped)
             for i, (row, ids) in enumerate(zip(out[:, width:].tolist(), encoded, strict=True))
+        ]
+
+    def _generate_fast(
+        self, encoded: list[list[int]], params: GenerationParams
+    ) -> list[GenerationResult]:
+        from langchain_divconq.generation import generate_greedy
+
+        def stop_hit(ids: Sequence[int]) -> bool:
+            return cut_text(self._decode(ids), params)[1]
+
+        outs = generate_greedy(
+            self.model,
+            encoded,
+            max_new_tokens=params.max_tokens,
+            eos_token_ids=self._eos_list,
+            stop_checker=stop_hit if params.stop or params.max_lines else None,
+            pad_token_id=self._pad_id,
+        )
+        return [
+            self._finish(out.token_ids, len(ids), params, out.finish_reason == "stop")
+            for out, ids in zip(outs, encoded, strict=True)
         ]
 
     def _finish(
@@ -625,6 +652,7 @@ def load_local_model(
     model.to(device)
     model.eval()
     chat_kwargs.setdefault("model_name", name)
+    chat_kwargs.setdefault("fast_decoding", True)
     return ChatLocalModel(model=model, tokenizer=tokenizer, **chat_kwargs)
 
 

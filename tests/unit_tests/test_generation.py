@@ -262,3 +262,28 @@ def test_embedded_model_matches_generate(tokenizer: Any) -> None:
         assert got.token_ids == _reference(model, prompt, 40)
     got_batch = generate_greedy(model, prompt_ids, max_new_tokens=24)
     assert [g.token_ids for g in got_batch] == _reference_batch(model, prompt_ids, 24)
+
+
+def test_chat_local_model_fast_decoding_matches_generate(tiny_chat_model: Any) -> None:
+    from langchain_divconq.local import ChatLocalModel
+
+    assert isinstance(tiny_chat_model, ChatLocalModel)
+    plain = tiny_chat_model.model_copy(update={"max_tokens": 40})
+    fast = tiny_chat_model.model_copy(update={"max_tokens": 40, "fast_decoding": True})
+    questions = _questions(3)
+    expected = plain.batch(questions)
+    for got in (fast.batch(questions), [fast.invoke(q) for q in questions]):
+        assert [m.content for m in got] == [m.content for m in expected]
+        assert [m.usage_metadata for m in got] == [m.usage_metadata for m in expected]
+        assert [m.response_metadata for m in got] == [m.response_metadata for m in expected]
+    full = str(expected[1].content)
+    at = next(k for k in range(12, len(full) - 4) if full.find(full[k : k + 4]) == k)
+    cut_plain = plain.invoke(questions[1], stop=[full[at : at + 4]])
+    cut_fast = fast.invoke(questions[1], stop=[full[at : at + 4]])
+    assert cut_fast.content == cut_plain.content == full[:at]
+    assert cut_fast.usage_metadata == cut_plain.usage_metadata
+    assert cut_fast.response_metadata["finish_reason"] == "stop"
+    lines_plain = plain.model_copy(update={"max_lines": 1}).invoke(questions[1])
+    lines_fast = fast.model_copy(update={"max_lines": 1}).invoke(questions[1])
+    assert lines_fast.content == lines_plain.content
+    assert lines_fast.usage_metadata == lines_plain.usage_metadata
