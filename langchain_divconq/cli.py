@@ -21,6 +21,7 @@ _COMMAND_MODULES: list[str] = [
     "langchain_divconq.server",
     "langchain_divconq.eval_cli",
     "langchain_divconq.collect",
+    "langchain_divconq.training.commands",
 ]
 
 

@@ -1,0 +1,159 @@
+"""Training throughput: our ``distill()`` vs a plain TRL ``SFTTrainer`` with default settings.
+
+Both train the same LoRA (r=8, attention + MLP projections) on the same GSM8K
+Socratic SD-T examples with the same batch size, in one process, one after the
+other. The baseline keeps TRL's defaults (``bf16=True``, gradient checkpointing
+on); ``distill()`` turns both off on CPU and uses bf16 only on CUDA.
+Throughput is non-padding tokens per second over the steps after the first
+(model loading, dataset preparation and the first step are excluded).
+
+    python benchmarks/train.py --quick        # 3 timed steps each, batch 2
+    python benchmarks/train.py --steps 10 --batch-size 8
+
+The last line printed is a JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "training"))
+
+from shipped_decomposer import DATA, load_traces  # noqa: E402
+
+from langchain_divconq.embedded import resolve_base_model  # noqa: E402
+from langchain_divconq.training import DistillConfig, build_dataset, distill  # noqa: E402
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _rate(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Tokens/s between the end of the first step and the end of the last one."""
+    steps = sorted(
+        (r for r in records if "num_input_tokens_seen" in r and "loss" in r),
+        key=lambda r: r["step"],
+    )
+    if len(steps) < 2:
+        return {"tokens_per_s": None, "timed_steps": 0}
+    first, last = steps[0], steps[-1]
+    tokens = last["num_input_tokens_seen"] - first["num_input_tokens_seen"]
+    seconds = last["time"] - first["time"]
+    return {
+        "tokens_per_s": round(tokens / seconds, 1),
+        "s_per_step": round(seconds / (last["step"] - first["step"]), 2),
+        "timed_steps": last["step"] - first["step"],
+        "timed_tokens": tokens,
+    }
+
+
+def run_ours(dataset: Any, steps: int, batch: int, out: Path) -> dict[str, Any]:
+    config = DistillConfig(
+        output_dir=str(out),
+        lora_r=8,
+        target_modules=TARGETS,
+        max_steps=steps + 1,
+        batch_size=batch,
+        logging_steps=1,
+        save_steps=10_000,
+        resume=False,
+    )
+    folder = distill(config, dataset)
+    records = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+    meta = json.loads((folder / "divconq_adapter.json").read_text())
+    return {**_rate(records), "bf16": meta["bf16"], "gradient_checkpointing": False}
+
+
+def run_plain_trl(dataset: Any, steps: int, batch: int, out: Path) -> dict[str, Any]:
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    records: list[dict[str, Any]] = []
+
+    class Clock(TrainerCallback):  # type: ignore[misc]
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+            records.append({"step": state.global_step, "time": time.time(), **(logs or {})})
+
+    # TRL's defaults otherwise: bf16=True, gradient checkpointing on.
+    args = SFTConfig(
+        output_dir=str(out),
+        max_steps=steps + 1,
+        per_device_train_batch_size=batch,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        include_num_input_tokens_seen="non_padding",
+    )
+    trainer = SFTTrainer(
+        model=resolve_base_model(None),
+        args=args,
+        train_dataset=dataset["train"].select_columns(["prompt", "completion"]),
+        peft_config=LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS, task_type="CAUSAL_LM"),
+        callbacks=[Clock()],
+    )
+    trainer.train()
+    return {
+        **_rate(records),
+        "bf16": bool(args.bf16),
+        "gradient_checkpointing": bool(
+            getattr(args, "activation_checkpointing", args.gradient_checkpointing)
+        ),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="3 timed steps, batch 2")
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per trainer")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args()
+    steps, batch = (3, 2) if args.quick else (args.steps, args.batch_size)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dataset = build_dataset(
+        load_traces(DATA), variant="SD-T", val_fraction=0, max_examples=(steps + 1) * batch
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = run_ours(dataset, steps, batch, Path(tmp) / "ours")
+        plain = run_plain_trl(dataset, steps, batch, Path(tmp) / "plain")
+    device = (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"cpu x{torch.get_num_threads()}"
+    )
+    speedup = None
+    if ours["tokens_per_s"] and plain["tokens_per_s"]:
+        speedup = round(ours["tokens_per_s"] / plain["tokens_per_s"], 2)
+    print(f"device: {device} ({platform.processor() or platform.machine()})")
+    print(f"{'trainer':<28}{'tokens/s':>10}{'s/step':>9}  settings")
+    for name, r in (("divconq distill()", ours), ("plain TRL SFTTrainer", plain)):
+        settings = f"bf16={r['bf16']} grad-ckpt={r['gradient_checkpointing']}"
+        print(f"{name:<28}{r['tokens_per_s']!s:>10}{r.get('s_per_step')!s:>9}  {settings}")
+    print(
+        json.dumps(
+            {
+                "device": device,
+                "batch_size": batch,
+                "timed_steps": steps,
+                "distill": ours,
+                "plain_trl": plain,
+                "speedup": speedup,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""The ``divconq dataset`` and ``divconq distill`` sub-commands.
+
+``divconq dataset --store traces.jsonl --variant SD-R --out data/sd-r`` writes a
+training dataset (Arrow files, no pickle) plus :data:`DATASET_INFO_FILE`;
+``divconq distill --config recipe.yaml [--flag value ...]`` trains on it, flags
+overriding the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from langchain_divconq.trace import Trace
+from langchain_divconq.training.config import add_config_arguments, config_from_args
+
+__all__ = ["DATASET_INFO_FILE", "iter_traces", "register_cli"]
+
+logger = logging.getLogger(__name__)
+
+DATASET_INFO_FILE = "divconq_dataset.json"
+"""Written next to a saved dataset: variant, part, counts and the source store."""
+
+
+def iter_traces(path: str | Path) -> Iterator[Trace]:
+    """Yield the traces of a store: a JSONL file of traces, or any store the store module opens."""
+    path = Path(path)
+    if not path.exists():
+        msg = f"Trace store {str(path)!r} does not exist; record traces first (divconq collect)."
+        raise FileNotFoundError(msg)
+    if path.suffix != ".jsonl":
+        try:
+            from langchain_divconq.store import open_store
+        except ImportError as exc:
+            msg = f"Cannot read {str(path)!r}: only .jsonl trace files are supported here."
+            raise ValueError(msg) from exc
+        yield from open_store(path)
+        return
+    with path.open(encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield Trace.model_validate_json(line)
+            except ValueError:
+                # A half-written last line (a crash mid-write) must not stop training.
+                logger.warning("%s:%d: skipping a line that is not a valid trace", path, number)
+
+
+def _dataset(args: argparse.Namespace) -> int:
+    from langchain_divconq.training.dataset import build_dataset
+
+    ds = build_dataset(
+        iter_traces(args.store),
+        variant=args.variant,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        dedup=not args.no_dedup,
+        max_sub_questions=args.max_sub_questions,
+        max_examples=args.max_examples,
+    )
+    out = Path(args.out)
+    ds.save_to_disk(str(out))
+    info = {
+        "variant": args.variant,
+        "store": str(args.store),
+        "splits": {name: len(split) for name, split in ds.items()},
+        "val_fraction": args.val_fraction,
+        "seed": args.seed,
+    }
+    (out / DATASET_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    counts = ", ".join(f"{n} {name}" for name, n in info["splits"].items())
+    print(f"{args.variant}: {counts} examples -> {out}")
+    return 0
+
+
+def _distill(args: argparse.Namespace) -> int:
+    from datasets import load_from_disk
+
+    from langchain_divconq.training.distillation import distill
+
+    logging.getLogger("langchain_divconq").setLevel(logging.INFO)
+    config = config_from_args(args, args.config)
+    if not config.dataset:
+        msg = "No dataset given: set 'dataset:' in the config file or pass --dataset DIR."
+        raise ValueError(msg)
+    folder = Path(config.dataset)
+    if not folder.is_dir():
+        msg = f"Dataset folder {str(folder)!r} does not exist; build it with `divconq dataset`."
+        raise FileNotFoundError(msg)
+    info_path = folder / DATASET_INFO_FILE
+    if info_path.is_file():
+        info: dict[str, Any] = json.loads(info_path.read_text(encoding="utf-8"))
+        if info.get("variant") and info["variant"] != config.variant:
+            # The data decides what was distilled; the metadata must say so.
+            config = dataclasses.replace(config, variant=info["variant"])
+    dataset = load_from_disk(str(folder))
+    out = distill(config, dataset)
+    meta = json.loads((out / "divconq_adapter.json").read_text(encoding="utf-8"))
+    print(
+        f"adapter -> {out} (variant {meta['variant']}, {meta['global_step']} steps, "
+        f"train loss {meta['train_loss']:.4f}, eval loss {meta['eval_loss']}, "
+        f"{meta['train_tokens_per_s']} tokens/s)"
+    )
+    return 0
+
+
+def register_cli(subparsers: Any) -> None:
+    """Add the ``dataset`` and ``distill`` sub-commands to the ``divconq`` parser."""
+    from langchain_divconq.training.dataset import VARIANTS
+
+    ds = subparsers.add_parser(
+        "dataset",
+        help="build a training dataset (SD-T/SD-R/SE-T/SE-A) from a trace store",
+        description="Turn recorded traces into TRL prompt/completion pairs for one variant.",
+    )
+    ds.add_argument("--store", required=True, help="trace store (a .jsonl file of traces)")
+    ds.add_argument("--variant", required=True, choices=sorted(VARIANTS))
+    ds.add_argument("--out", required=True, help="folder to write the dataset into")
+    ds.add_argument("--val-fraction", type=float, default=0.05, help="questions held out")
+    ds.add_argument("--seed", type=int, default=0, help="seed of the split")
+    ds.add_argument("--no-dedup", action="store_true", help="keep repeated pairs")
+    ds.add_argument("--max-sub-questions", type=int, default=3)
+    ds.add_argument("--max-examples", type=int, default=None, help="cap the train split")
+    ds.set_defaults(handler=_dataset)
+
+    dist = subparsers.add_parser(
+        "distill",
+        help="train a LoRA adapter on a dataset (flags override the --config file)",
+        description="LoRA distillation with TRL's SFTTrainer; loss on the completion only.",
+    )
+    dist.add_argument("--config", default=None, help="YAML file of DistillConfig fields")
+    add_config_arguments(dist)
+    dist.set_defaults(handler=_distill)

@@ -1,0 +1,287 @@
+"""``DistillConfig``: every knob of a LoRA distillation run, from Python, YAML or flags.
+
+One dataclass is the single definition: ``__post_init__`` validates it, and
+:func:`add_config_arguments` derives the command-line flags from its fields, so
+a YAML recipe and ``--flag`` overrides can never drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DEFAULT_TARGET_MODULES",
+    "DistillConfig",
+    "add_config_arguments",
+    "config_from_args",
+]
+
+DEFAULT_TARGET_MODULES = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+)
+"""Attention and MLP projections of Llama-style models (SmolLM2 included)."""
+
+_DEVICES = ("auto", "cpu", "cuda", "mps")
+_SAVE_DTYPES = ("float32", "float16", "bfloat16")
+_VARIANTS = ("SD-T", "SD-R", "SE-T", "SE-A")
+
+
+@dataclass
+class DistillConfig:
+    """Settings of one LoRA distillation run.
+
+    Example:
+        >>> cfg = DistillConfig(output_dir="runs/sd-t", lora_r=8, max_steps=100)
+        >>> cfg.lora_alpha
+        16
+
+    """
+
+    output_dir: str = "runs/distill"
+    """Folder that receives checkpoints and the final adapter."""
+    base_model: str | None = None
+    """Base model folder or hub id; None is the embedded SmolLM2-135M-Instruct."""
+    dataset: str | None = None
+    """A folder written by ``divconq dataset`` (used by the CLI; Python callers pass a dataset)."""
+    variant: str = "SD-T"
+    """Distillation variant, recorded in the metadata: SD-T, SD-R, SE-T or SE-A."""
+    lora_r: int = 8
+    """LoRA rank."""
+    lora_alpha: int | None = None
+    """LoRA scaling numerator; None means 2 * lora_r."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA branch."""
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
+    """Module names that get LoRA weights (or ["all-linear"])."""
+    learning_rate: float = 2e-4
+    """Peak learning rate of AdamW."""
+    num_epochs: float = 1.0
+    """Passes over the training split (ignored when max_steps > 0)."""
+    max_steps: int = -1
+    """Stop after this many optimizer steps; -1 trains for num_epochs."""
+    batch_size: int = 8
+    """Examples per device per step."""
+    gradient_accumulation_steps: int = 1
+    """Steps whose gradients add up before one optimizer update."""
+    max_length: int = 512
+    """Longest tokenized prompt + completion; longer ones are truncated."""
+    warmup_ratio: float = 0.05
+    """Share of the steps spent warming the learning rate up (when warmup_steps is 0)."""
+    warmup_steps: int = 0
+    """Warm-up steps; > 0 overrides warmup_ratio, so a longer run shares a shorter one's start."""
+    lr_scheduler_type: str = "cosine"
+    """Learning-rate schedule (any transformers scheduler name)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    seed: int = 0
+    """Seed of the LoRA initialisation and the data order."""
+    device: str = "auto"
+    """auto, cpu, cuda or mps; auto picks CUDA when present."""
+    bf16: bool | None = None
+    """Mixed precision in bfloat16; None means on for CUDA that supports it, off on CPU."""
+    gradient_checkpointing: bool = False
+    """Recompute activations to save memory (slower; several times slower on CPU)."""
+    num_threads: int | None = None
+    """torch CPU threads; None leaves torch's default."""
+    logging_steps: int = 10
+    """Log the training loss every this many steps."""
+    eval_steps: int | None = None
+    """Evaluate every this many steps; None evaluates once per epoch."""
+    save_steps: int = 50
+    """Write a resumable checkpoint every this many steps."""
+    save_total_limit: int = 2
+    """Checkpoints kept on disk."""
+    resume: bool = True
+    """Resume from the newest checkpoint in output_dir when there is one."""
+    save_dtype: str = "float32"
+    """dtype of the saved adapter weights (float16 halves the file)."""
+
+    def __post_init__(self) -> None:
+        if self.lora_alpha is None:
+            self.lora_alpha = 2 * self.lora_r
+        if isinstance(self.target_modules, str):
+            self.target_modules = [m.strip() for m in self.target_modules.split(",") if m.strip()]
+        self.target_modules = list(self.target_modules)
+        self._validate()
+
+    def _fail(self, name: str, expected: str) -> None:
+        value = getattr(self, name)
+        flag = "--" + name.replace("_", "-")
+        msg = (
+            f"DistillConfig.{name} must be {expected}, got {value!r}. "
+            f"Fix the YAML key {name!r} or the {flag} flag."
+        )
+        raise ValueError(msg)
+
+    def _validate(self) -> None:
+        if not self.output_dir:
+            self._fail("output_dir", "a non-empty folder path")
+        positive = ("lora_r", "lora_alpha", "batch_size", "gradient_accumulation_steps")
+        for name in (*positive, "max_length", "logging_steps", "save_steps", "save_total_limit"):
+            if getattr(self, name) < 1:
+                self._fail(name, "an integer >= 1")
+        if not 0 <= self.lora_dropout < 1:
+            self._fail("lora_dropout", "in [0, 1)")
+        if not self.target_modules:
+            self._fail("target_modules", "a non-empty list of module names")
+        if not 0 < self.learning_rate < 1:
+            self._fail("learning_rate", "in (0, 1)")
+        if self.max_steps == 0 or self.max_steps < -1:
+            self._fail("max_steps", "-1 (train for num_epochs) or an integer >= 1")
+        if self.max_steps == -1 and self.num_epochs <= 0:
+            self._fail("num_epochs", "> 0 when max_steps is -1")
+        if not 0 <= self.warmup_ratio < 1:
+            self._fail("warmup_ratio", "in [0, 1)")
+        if self.warmup_steps < 0:
+            self._fail("warmup_steps", ">= 0")
+        if self.weight_decay < 0:
+            self._fail("weight_decay", ">= 0")
+        if self.device not in _DEVICES:
+            self._fail("device", f"one of {_DEVICES}")
+        if self.bf16 and self.device == "cpu":
+            self._fail("bf16", "false or unset on device='cpu' (bf16 is slower there)")
+        if self.num_threads is not None and self.num_threads < 1:
+            self._fail("num_threads", "an integer >= 1 or unset")
+        if self.eval_steps is not None and self.eval_steps < 1:
+            self._fail("eval_steps", "an integer >= 1 or unset")
+        if self.save_dtype not in _SAVE_DTYPES:
+            self._fail("save_dtype", f"one of {_SAVE_DTYPES}")
+        if self.variant not in _VARIANTS:
+            self._fail("variant", f"one of {_VARIANTS}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DistillConfig:
+        """Build a config from a mapping, rejecting unknown keys by name."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            msg = f"Unknown DistillConfig field(s) {unknown}; known fields: {sorted(known)}."
+            raise ValueError(msg)
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str]) -> DistillConfig:
+        r"""Load a config from a YAML file of ``field: value`` pairs.
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> p = pathlib.Path(tempfile.mkdtemp()) / "c.yaml"
+            >>> _ = p.write_text("lora_r: 4\\nmax_steps: 10\\n")
+            >>> DistillConfig.from_yaml(p).lora_r
+            4
+
+        """
+        import yaml
+
+        text = Path(path).read_text(encoding="utf-8")
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            msg = f"{path}: expected a mapping of DistillConfig fields, got {type(data).__name__}."
+            raise ValueError(msg)
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the fields as a JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    msg = f"expected true or false, got {text!r}"
+    raise argparse.ArgumentTypeError(msg)
+
+
+def _optional(kind: Any) -> Any:
+    def parse(text: str) -> Any:
+        return None if text.strip().lower() in ("none", "null", "") else kind(text)
+
+    parse.__name__ = getattr(kind, "__name__", "value")
+    return parse
+
+
+def _field_parser(annotation: Any) -> Any:
+    """Map a field's type annotation to an argparse ``type`` callable."""
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin in (typing.Union, types.UnionType):
+        return _optional(_field_parser(args[0]))
+    if origin is list:
+        return lambda text: [m.strip() for m in text.split(",") if m.strip()]
+    if annotation is bool:
+        return _parse_bool
+    return annotation
+
+
+def _field_docs() -> dict[str, str]:
+    """Read each field's docstring (the string right after it) from the class source."""
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(DistillConfig)))
+    except (OSError, TypeError):
+        return docs
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for node, after in itertools.pairwise(body):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[node.target.id] = after.value.value
+    return docs
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one ``--flag`` per :class:`DistillConfig` field (default: not given).
+
+    Flags that are not given stay ``None`` in the namespace, so
+    :func:`config_from_args` can tell an override from a default.
+    """
+    hints = typing.get_type_hints(DistillConfig)
+    docs = _field_docs()
+    group = parser.add_argument_group("training settings (override the --config file)")
+    for f in dataclasses.fields(DistillConfig):
+        flag = "--" + f.name.replace("_", "-")
+        group.add_argument(
+            flag,
+            dest=f.name,
+            type=_field_parser(hints[f.name]),
+            default=None,
+            metavar=f.name.upper(),
+            help=docs.get(f.name, ""),
+        )
+
+
+def config_from_args(args: argparse.Namespace, path: str | None = None) -> DistillConfig:
+    """Merge a YAML file (if any) with the flags that were given, flags winning."""
+    data: dict[str, Any] = {}
+    if path:
+        data = DistillConfig.from_yaml(path).to_dict()
+    for f in dataclasses.fields(DistillConfig):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            data[f.name] = value
+    return DistillConfig.from_dict(data)

@@ -1,0 +1,334 @@
+"""``distill``: train a LoRA adapter on a prompt/completion dataset with TRL's ``SFTTrainer``.
+
+The loss covers the completion only (the sub-questions or the solution), never
+the prompt. The run writes resumable checkpoints into ``output_dir`` and, at the
+end, the adapter itself (``adapter_config.json``, ``adapter_model.safetensors``)
+plus :data:`METADATA_FILE` describing how it was made. Under
+``accelerate launch`` the same call trains on several GPUs: the Trainer reads
+the distributed setup from the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from langchain_divconq.training.config import DistillConfig
+from langchain_divconq.training.dataset import dataset_hash
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
+
+__all__ = ["METADATA_FILE", "distill", "read_metadata"]
+
+logger = logging.getLogger(__name__)
+
+METADATA_FILE = "divconq_adapter.json"
+"""Name of the metadata file written next to the adapter weights."""
+
+_TRAIN_LOG = "train_log.jsonl"
+
+
+def _resolve_device(config: DistillConfig) -> tuple[str, bool]:
+    """Return ``(device, bf16)`` for the run."""
+    import torch
+
+    device = config.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        msg = "DistillConfig.device is 'cuda' but torch sees no CUDA device; use device='cpu'."
+        raise ValueError(msg)
+    bf16 = config.bf16
+    if bf16 is None:
+        bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+    return device, bool(bf16)
+
+
+def _splits(dataset: Dataset | DatasetDict) -> tuple[Dataset, Dataset | None]:
+    from datasets import DatasetDict
+
+    if isinstance(dataset, DatasetDict):
+        if "train" not in dataset:
+            msg = (
+                f"The dataset has no 'train' split (splits: {list(dataset)}); "
+                "build it with build_dataset."
+            )
+            raise ValueError(msg)
+        train, val = dataset["train"], dataset.get("validation")
+    else:
+        train, val = dataset, None
+    for name, split in (("train", train), ("validation", val)):
+        if split is None:
+            continue
+        missing = {"prompt", "completion"} - set(split.column_names)
+        if missing:
+            msg = (
+                f"The {name} split lacks column(s) {sorted(missing)} (has {split.column_names}); "
+                "distill needs TRL's prompt/completion format from build_dataset."
+            )
+            raise ValueError(msg)
+    if len(train) == 0:
+        msg = "The train split is empty; nothing to distill."
+        raise ValueError(msg)
+    keep = ["prompt", "completion"]
+    return train.select_columns(keep), (val.select_columns(keep) if val is not None else None)
+
+
+def _sft_config(config: DistillConfig, device: str, bf16: bool, has_eval: bool) -> Any:
+    from trl import SFTConfig
+
+    checkpointing: dict[str, Any] = _checkpointing(SFTConfig, config.gradient_checkpointing)
+    eval_strategy = "no"
+    if has_eval:
+        eval_strategy = "steps" if config.eval_steps else "epoch"
+    return SFTConfig(
+        output_dir=config.output_dir,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.num_epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        max_length=config.max_length,
+        warmup_steps=config.warmup_steps or config.warmup_ratio,
+        lr_scheduler_type=config.lr_scheduler_type,
+        weight_decay=config.weight_decay,
+        seed=config.seed,
+        data_seed=config.seed,
+        # TRL defaults both to True; on CPU they make LoRA training 5-10x slower.
+        bf16=bf16,
+        **checkpointing,
+        use_cpu=device == "cpu",
+        completion_only_loss=True,
+        logging_steps=config.logging_steps,
+        eval_strategy=eval_strategy,
+        eval_steps=config.eval_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        include_num_input_tokens_seen="non_padding",
+        report_to="none",
+        dataloader_pin_memory=device == "cuda",
+    )
+
+
+def _checkpointing(cls: Any, enabled: bool) -> dict[str, bool]:
+    # transformers 5.x renamed gradient_checkpointing to activation_checkpointing.
+    fields = getattr(cls, "__dataclass_fields__", {})
+    name = (
+        "activation_checkpointing"
+        if "activation_checkpointing" in fields
+        else "gradient_checkpointing"
+    )
+    return {name: enabled}
+
+
+def _log_callback(path: Path) -> Any:
+    """Build a TrainerCallback that appends every log record to ``path`` and logs eval losses."""
+    from transformers import TrainerCallback
+
+    class LogToFile(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+            if not logs or not state.is_world_process_zero:
+                return
+            record = {"step": state.global_step, "time": round(time.time(), 1), **logs}
+            with path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+            if "eval_loss" in logs:
+                logger.warning(
+                    "epoch %.2f step %d: eval_loss %.4f",
+                    state.epoch or 0.0,
+                    state.global_step,
+                    logs["eval_loss"],
+                )
+
+    return LogToFile()
+
+
+def _save_adapter(model: Any, out: Path, config: DistillConfig, base_name: str) -> None:
+    """Save the LoRA weights in ``config.save_dtype`` and point the config at the base."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    model.save_pretrained(str(out))
+    weights = out / "adapter_model.safetensors"
+    dtype = getattr(torch, config.save_dtype)
+    tensors = {k: v.to(dtype).contiguous() for k, v in load_file(str(weights)).items()}
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    adapter_config = out / "adapter_config.json"
+    data = json.loads(adapter_config.read_text(encoding="utf-8"))
+    data["base_model_name_or_path"] = base_name
+    adapter_config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def distill(config: DistillConfig, dataset: Dataset | DatasetDict) -> Path:
+    """Train a LoRA adapter on ``dataset`` and return the folder holding it.
+
+    Args:
+        config: The run's settings.
+        dataset: A ``DatasetDict`` from :func:`~langchain_divconq.training.build_dataset`
+            (its ``validation`` split, if any, gives the eval loss), or a bare train ``Dataset``.
+
+    Returns:
+        ``Path(config.output_dir)``, holding ``adapter_config.json``,
+        ``adapter_model.safetensors`` and :data:`METADATA_FILE`.
+
+    Example:
+        >>> cfg = DistillConfig(output_dir="runs/sd-r", max_steps=200)  # doctest: +SKIP
+        >>> folder = distill(cfg, build_dataset(store, variant="SD-R"))  # doctest: +SKIP
+
+    """
+    try:
+        import torch
+        from peft import LoraConfig
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from trl import SFTTrainer
+    except ImportError as exc:
+        msg = "distill needs the 'train' extra: pip install 'langchain-divconq[train]'."
+        raise ImportError(msg) from exc
+
+    from langchain_divconq.embedded import EMBEDDED_HUB_ID, resolve_base_model
+
+    train, val = _splits(dataset)
+    device, bf16 = _resolve_device(config)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    base = resolve_base_model(config.base_model)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # fp32 master weights; with bf16=True the Trainer autocasts the forward pass.
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha or 2 * config.lora_r,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=_sft_config(config, device, bf16, has_eval=val is not None),
+        train_dataset=train,
+        eval_dataset=val,
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=[_log_callback(out / _TRAIN_LOG)],
+    )
+    checkpoint = _checkpoint_to_resume(out, config) if config.resume else None
+    if checkpoint:
+        logger.warning("Resuming from %s", checkpoint)
+    started = time.perf_counter()
+    if checkpoint and 0 < config.max_steps <= _step_of(checkpoint):
+        # The Trainer would still run one step past a checkpoint taken at max_steps.
+        _restore(trainer, Path(checkpoint))
+        trained = False
+    else:
+        trainer.train(resume_from_checkpoint=checkpoint)
+        trained = True
+    runtime = time.perf_counter() - started
+    eval_loss = None
+    if val is not None:
+        # The epoch-end evaluation usually just ran; evaluating again would double its cost.
+        final = [
+            h["eval_loss"]
+            for h in trainer.state.log_history
+            if "eval_loss" in h and h.get("step") == trainer.state.global_step
+        ]
+        eval_loss = float(final[-1] if final else trainer.evaluate()["eval_loss"])
+
+    if not trainer.is_world_process_zero():
+        return out
+    base_name = EMBEDDED_HUB_ID if config.base_model in (None, "default", "embedded") else base
+    _save_adapter(trainer.model, out, config, base_name)
+    state = trainer.state
+    # The log history is restored on resume, so these cover the whole run.
+    losses = [float(h["loss"]) for h in state.log_history if "loss" in h]
+    tokens = int(state.num_input_tokens_seen)
+    session_tokens = 0
+    if trained:
+        session_tokens = tokens - int(getattr(trainer, "_initial_num_input_tokens_seen", 0) or 0)
+    metadata = {
+        "base_model": base_name,
+        "variant": config.variant,
+        "data_hash": dataset_hash(train),
+        "train_examples": len(train),
+        "validation_examples": len(val) if val is not None else 0,
+        "global_step": int(trainer.state.global_step),
+        "epochs": float(trainer.state.epoch or 0.0),
+        "train_loss": sum(losses) / len(losses) if losses else None,
+        "last_train_loss": losses[-1] if losses else None,
+        "eval_loss": eval_loss,
+        "resumed_from": checkpoint,
+        "train_runtime_s": round(runtime, 1),
+        "train_tokens": tokens,
+        "train_tokens_per_s": (
+            round(session_tokens / runtime, 1) if runtime > 0 and session_tokens > 0 else None
+        ),
+        "device": device if device != "cuda" else torch.cuda.get_device_name(),
+        "bf16": bf16,
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "versions": _versions(),
+        "config": config.to_dict(),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def _step_of(checkpoint: str) -> int:
+    return int(Path(checkpoint).name.removeprefix("checkpoint-"))
+
+
+def _restore(trainer: Any, checkpoint: Path) -> None:
+    """Load a finished checkpoint's LoRA weights and trainer state without training."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import TrainerState
+
+    weights = load_file(str(checkpoint / "adapter_model.safetensors"))
+    set_peft_model_state_dict(trainer.model, weights)
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+
+
+def _checkpoint_to_resume(out: Path, config: DistillConfig) -> str | None:
+    """Return the newest checkpoint not past ``max_steps`` (so a shorter rerun can finish)."""
+    found = []
+    for path in out.glob("checkpoint-*"):
+        suffix = path.name.removeprefix("checkpoint-")
+        if path.is_dir() and suffix.isdigit() and (path / "trainer_state.json").is_file():
+            found.append((int(suffix), path))
+    if config.max_steps > 0:
+        found = [(step, path) for step, path in found if step <= config.max_steps]
+    return str(max(found)[1]) if found else None
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("torch", "transformers", "peft", "trl", "langchain-divconq"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def read_metadata(folder: str | Path) -> dict[str, Any]:
+    """Return the metadata :func:`distill` wrote into an adapter folder."""
+    path = Path(folder) / METADATA_FILE
+    if not path.is_file():
+        msg = f"No {METADATA_FILE} in {str(folder)!r}; was the folder written by distill()?"
+        raise FileNotFoundError(msg)
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
