@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "DraftTuner",
     "FinishReason",
     "GenerationResult",
     "TokenStopChecker",
@@ -221,6 +222,55 @@ def _prompt_lookup(tokens: Sequence[int], max_ngram: int, num_draft: int) -> lis
 # ---------------------------------------------------------------------------- decoding
 
 
+class DraftTuner:
+    """Learns, per model, how many draft tokens per step pay off on this machine.
+
+    A verify pass over ``k + 1`` tokens costs about one step on an idle, memory-bound
+    CPU or a GPU, but up to twice that on a CPU whose cores are busy with other work,
+    where long drafts that are mostly rejected slow decoding down. The tuner is a
+    small bandit over draft lengths: it times each pass that had a draft available,
+    keeps a running tokens-per-second figure per length, uses the best one and keeps
+    trying the others now and then. Any choice gives the same tokens; only speed varies.
+    """
+
+    def __init__(self, lengths: Sequence[int], explore_every: int = 10) -> None:
+        self.lengths = sorted(set(lengths))
+        self.explore_every = explore_every
+        self.rate: dict[int, float] = {}
+        self.samples: dict[int, int] = dict.fromkeys(self.lengths, 0)
+        self._turn = 0
+
+    def choose(self) -> int:
+        """Return the draft length to use for the next pass."""
+        self._turn += 1
+        untried = [k for k in self.lengths if self.samples[k] < 3]
+        if untried:
+            return untried[self._turn % len(untried)]
+        if self._turn % self.explore_every == 0:
+            return self.lengths[(self._turn // self.explore_every) % len(self.lengths)]
+        return max(self.lengths, key=lambda k: self.rate[k])
+
+    def record(self, length: int, tokens: int, seconds: float) -> None:
+        """Record that a pass using ``length`` drafts gave ``tokens`` tokens in ``seconds``."""
+        if length not in self.samples or seconds <= 0:
+            return
+        speed = tokens / seconds
+        old = self.rate.get(length)
+        self.rate[length] = speed if old is None else 0.8 * old + 0.2 * speed
+        self.samples[length] += 1
+
+
+_tuners: dict[tuple[int, int], DraftTuner] = {}
+
+
+def _tuner_for(model: Any, num_draft: int) -> DraftTuner:
+    key = (id(model), num_draft)
+    tuner = _tuners.get(key)
+    if tuner is None:
+        tuner = _tuners[key] = DraftTuner([0, 1, 2, num_draft])
+    return tuner
+
+
 def _check_args(max_new_tokens: int, num_draft_tokens: int, max_ngram: int) -> None:
     if max_new_tokens < 1:
         msg = f"max_new_tokens must be at least 1, got {max_new_tokens}."
@@ -274,6 +324,7 @@ def generate_greedy(
     stop_checker: TokenStopChecker | None = None,
     num_draft_tokens: int = 4,
     max_ngram: int = 3,
+    adaptive_draft: bool = True,
     pad_token_id: int | None = None,
     fast_cpu_matmuls: bool = True,
     static_cache: bool = False,
@@ -295,6 +346,9 @@ def generate_greedy(
             the row there (see :func:`text_stop_checker`, :func:`decomposer_stop`).
         num_draft_tokens: Draft tokens verified per step at batch 1.
         max_ngram: The longest n-gram looked up in the text for drafts.
+        adaptive_draft: Let a per-model :class:`DraftTuner` pick 0, 1, 2 or
+            ``num_draft_tokens`` drafts per step from measured speed (CPU
+            contention can make long drafts a loss); False always drafts the most.
         pad_token_id: Padding for batches (any id works: padded slots are masked).
         fast_cpu_matmuls: Use the small-row matrix product path on CPU.
         static_cache: At batch 1, keep keys and values in a preallocated
@@ -331,18 +385,35 @@ def generate_greedy(
     rows = [_Row(p) for p in input_ids_batch]
     with torch.inference_mode(), patch:
         if len(rows) == 1:
-            speculate = _speculate_static if static_cache or compile else _speculate
-            speculate(
-                model,
-                rows[0],
-                device,
-                eos,
-                max_new_tokens,
-                stop_checker,
-                num_draft_tokens,
-                max_ngram,
-                compile and device.type == "cuda",
-            )
+            if static_cache or compile:
+                _speculate_static(
+                    model,
+                    rows[0],
+                    device,
+                    eos,
+                    max_new_tokens,
+                    stop_checker,
+                    num_draft_tokens,
+                    max_ngram,
+                    compile and device.type == "cuda",
+                )
+            else:
+                tuner = (
+                    _tuner_for(model, num_draft_tokens)
+                    if adaptive_draft and num_draft_tokens > 2
+                    else None
+                )
+                _speculate(
+                    model,
+                    rows[0],
+                    device,
+                    eos,
+                    max_new_tokens,
+                    stop_checker,
+                    num_draft_tokens,
+                    max_ngram,
+                    tuner,
+                )
         else:
             pad = pad_token_id if pad_token_id is not None else min(eos, default=0)
             _decode_batch(model, rows, device, eos, max_new_tokens, stop_checker, pad)
@@ -385,9 +456,11 @@ def _speculate(
     stop_checker: TokenStopChecker | None,
     num_draft: int,
     max_ngram: int,
-    compile: bool = False,
+    tuner: DraftTuner | None = None,
 ) -> None:
     """Decode one row with prompt-lookup drafts verified against the model's argmax."""
+    import time
+
     import torch
 
     cache = _new_cache(model)
@@ -399,17 +472,22 @@ def _speculate(
         return
     while True:
         room = max_new_tokens - len(row.new) - 1
-        draft = _prompt_lookup(row.prompt + row.new, max_ngram, min(num_draft, room))
+        found = _prompt_lookup(row.prompt + row.new, max_ngram, min(num_draft, room))
+        length = tuner.choose() if tuner is not None and found else num_draft
+        draft = found[:length]
         fed = [row.new[-1], *draft]
         step = torch.tensor([fed], device=device)
+        start = time.perf_counter()
         logits = model(
             input_ids=step, **{kw: cache}, use_cache=True, logits_to_keep=len(fed)
         ).logits
-        row.passes += 1
         best = logits[0].argmax(dim=-1).tolist()
+        row.passes += 1
         accepted = 0
         while accepted < len(draft) and draft[accepted] == best[accepted]:
             accepted += 1
+        if tuner is not None and found:
+            tuner.record(length, accepted + 1, time.perf_counter() - start)
         if accepted < len(draft):
             cache.crop(accepted - len(draft))  # forget the keys of rejected drafts
         for token in best[: accepted + 1]:

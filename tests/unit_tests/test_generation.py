@@ -14,6 +14,7 @@ transformers = pytest.importorskip("transformers")
 
 from langchain_divconq import prompts  # noqa: E402
 from langchain_divconq.generation import (  # noqa: E402
+    DraftTuner,
     _fast_small_matmuls,
     _prompt_lookup,
     decomposer_stop,
@@ -126,7 +127,9 @@ def test_speculation_accepts_drafts(tokenizer: Any) -> None:
             layer.mlp.down_proj.weight.zero_()
     prompt = _prompt_ids(tokenizer, _questions(1)[0])
     expected = _reference(echo, prompt, 40)
-    [fast] = generate_greedy(echo, [prompt], max_new_tokens=40, num_draft_tokens=4)
+    [fast] = generate_greedy(
+        echo, [prompt], max_new_tokens=40, num_draft_tokens=4, adaptive_draft=False
+    )
     [plain] = generate_greedy(echo, [prompt], max_new_tokens=40, num_draft_tokens=0)
     [static] = generate_greedy(echo, [prompt], max_new_tokens=40, static_cache=True)
     assert fast.token_ids == plain.token_ids == static.token_ids == expected
@@ -218,6 +221,20 @@ def test_prompt_lookup_prefers_longest_latest_match() -> None:
     assert _prompt_lookup([7, 7, 7], max_ngram=2, num_draft=2) == [7]
     assert _prompt_lookup([1, 2, 3], max_ngram=3, num_draft=4) == []
     assert _prompt_lookup([1, 2, 1], max_ngram=3, num_draft=0) == []
+
+
+def test_draft_tuner_prefers_the_faster_length() -> None:
+    tuner = DraftTuner([0, 4], explore_every=5)
+    speed = {0: 10.0, 4: 30.0}  # tokens per second each length gives
+    picks = []
+    for _ in range(40):
+        k = tuner.choose()
+        picks.append(k)
+        tuner.record(k, int(speed[k]), 1.0)
+    assert picks[-20:].count(4) >= 16  # mostly the faster one...
+    assert 0 in picks[-20:]  # ...while still re-checking the other
+    tuner.record(7, 1, 1.0)  # unknown lengths are ignored
+    assert set(tuner.rate) == {0, 4}
 
 
 def test_decomposer_stop() -> None:
