@@ -15,6 +15,7 @@ spent. The last line printed is a JSON object with every number.
 Run from the project root:
 
     python benchmarks/serve_load.py                    # embedded SmolLM2, base model
+    python benchmarks/serve_load.py --threads 1        # one torch thread (busy machine)
     python benchmarks/serve_load.py --quick            # fewer requests
     python benchmarks/serve_load.py --decomposer PATH --adapter PATH
 """
@@ -82,6 +83,8 @@ class Server:
         command += ["--port", str(self.port), "--max-batch", str(max_batch)]
         command += ["--decomposer", args.decomposer, "--adapter", args.adapter]
         command += ["--model-id", "bench", "--max-queue", "1024"]
+        if args.threads is not None:
+            command += ["--threads", str(args.threads)]
         env = {
             **os.environ,
             "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
@@ -180,6 +183,7 @@ def main() -> None:
     parser.add_argument("--decomposer", default="default")
     parser.add_argument("--adapter", default="none")
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=None, help="divconq serve --threads")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--requests-per-client", type=int, default=1)
     parser.add_argument("--min-serial-requests", type=int, default=4)
@@ -213,6 +217,7 @@ def main() -> None:
         "decomposer": args.decomposer,
         "adapter": args.adapter,
         "max_tokens": args.max_tokens,
+        "threads": args.threads,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "load_average_before": load_before,
         "load_average_after": [round(x, 2) for x in os.getloadavg()],

@@ -340,6 +340,12 @@ def register_cli(subparsers: Any) -> None:
     parser.add_argument(
         "--dtype", default=None, help="float32, bfloat16... (default: fp32 on CPU, bf16 on CUDA)"
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice; 1 is faster on a busy machine)",
+    )
     parser.add_argument("--max-batch", type=int, default=32, help="requests per generate call")
     parser.add_argument(
         "--max-queue", type=int, default=256, help="requests admitted at once; more get HTTP 429"
@@ -362,6 +368,11 @@ def _load_model(args: argparse.Namespace) -> BaseChatModel:
 
         return build_decomposer(args.decomposer, args.adapter)
     from langchain_divconq.local import load_decomposer
+
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     base = None if args.decomposer in ("", "default") else args.decomposer
     adapter = None if args.adapter.lower() == "none" else args.adapter
