@@ -221,14 +221,15 @@ def _run_chunk(
     chunk: Sequence[Example],
     counters: TokenCounter | Mapping[str, TokenCounter],
     config: RunnableConfig | None,
-    max_concurrency: int,
+    max_concurrency: int | None,
 ) -> list[EvalRecord]:
     collectors = [NodeUsageCollector(counters) for _ in chunk]
     configs: list[RunnableConfig] = []
     for collector in collectors:
         item = RunnableConfig(**(config or {}))
         item["callbacks"] = _with_handler(item.get("callbacks"), collector)
-        item["max_concurrency"] = max_concurrency
+        if max_concurrency is not None:
+            item["max_concurrency"] = max_concurrency
         configs.append(item)
     inputs = [{"question": e.question, "context": e.context} for e in chunk]
     start = time.perf_counter()
@@ -361,8 +362,9 @@ def evaluate(
             ``{"question", "context"}``.
         task: The task (see :func:`~langchain_divconq.tasks.load_task`).
         limit: Evaluate the first ``limit`` examples in file order (None: all).
-        max_concurrency: Parallel model calls (passed as the runnable config's
-            ``max_concurrency``); also the default batch size.
+        max_concurrency: Most questions in flight at once; also the default batch size.
+            It is passed as the config's ``max_concurrency`` only when ``batch_size`` is
+            larger, because that key makes a local model give up batched generation.
         batch_size: Questions sent to ``chain.batch`` at once (progress and the records
             file advance per batch).
         name: Configuration name for reports; defaults to ``"<decomposer> / <solver>"``.
@@ -418,7 +420,8 @@ def evaluate(
         if bar is not None:
             stack.callback(bar.close)
         for chunk in _chunks(todo, size):
-            for record in _run_chunk(chain, task, chunk, counters, config, max_concurrency):
+            limit_calls = max_concurrency if size > max_concurrency else None
+            for record in _run_chunk(chain, task, chunk, counters, config, limit_calls):
                 record = price_record(record, prices)
                 fresh[record.id] = record
                 if handle is not None:

@@ -147,8 +147,8 @@ def decomposition_quality(
     *,
     limit: int | None = None,
     max_sub_questions: int = 3,
-    max_concurrency: int = 8,
-    batch_size: int = 32,
+    max_concurrency: int = 16,
+    batch_size: int = 16,
     progress: bool = False,
     config: RunnableConfig | None = None,
 ) -> DecompositionQuality:
@@ -161,7 +161,8 @@ def decomposition_quality(
             examples without them are skipped.
         limit: Use the first ``limit`` examples with gold sub-questions (file order).
         max_sub_questions: The cap N in the prompt and the parser.
-        max_concurrency: Parallel calls within a batch.
+        max_concurrency: Most calls in flight (API models); at least ``batch_size``
+            keeps a local model's batched generation.
         batch_size: Questions sent to ``decomposer.batch`` at once.
         progress: Show a tqdm progress bar.
         config: Extra runnable config for every call.
@@ -194,7 +195,10 @@ def decomposition_quality(
         except ImportError:
             bar = None
     outputs: dict[str, str | BaseException] = {}
-    run_config: RunnableConfig = {**(config or {}), "max_concurrency": max_concurrency}
+    run_config: RunnableConfig = {**(config or {})}
+    if batch_size > max_concurrency:
+        # Only when needed: the key makes a local model give up batched generation.
+        run_config["max_concurrency"] = max_concurrency
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         prompts = [
