@@ -461,6 +461,7 @@ def test_divconq_serve_answers_and_exits_0_on_sigterm(tiny_model_dir: Path) -> N
     port = _free_port()
     command = [sys.executable, "-m", "langchain_divconq.cli", "serve", "--port", str(port)]
     command += ["--decomposer", str(tiny_model_dir), "--adapter", "none", "--model-id", "tiny"]
+    command += ["--threads", "1", "--device", "cpu"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
     try:
