@@ -304,3 +304,25 @@ def test_chat_local_model_fast_decoding_matches_generate(tiny_chat_model: Any) -
     lines_fast = fast.model_copy(update={"max_lines": 1}).invoke(questions[1])
     assert lines_fast.content == lines_plain.content
     assert lines_fast.usage_metadata == lines_plain.usage_metadata
+
+
+def test_unmerged_peft_adapter_matches_generate(tokenizer: Any) -> None:
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(2)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        eos_token_id=2,
+    )
+    base = transformers.LlamaForCausalLM(config).eval()
+    lora = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = peft.get_peft_model(base, lora).eval()
+    prompt = _prompt_ids(tokenizer, _questions(1)[0])
+    [got] = generate_greedy(model, [prompt], max_new_tokens=24)
+    assert got.token_ids == _reference(model, prompt, 24)
+    got_batch = generate_greedy(model, [prompt, prompt[5:]], max_new_tokens=16)
+    assert [g.token_ids for g in got_batch] == _reference_batch(model, [prompt, prompt[5:]], 16)
