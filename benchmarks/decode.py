@@ -136,6 +136,11 @@ def main() -> None:
     parser.add_argument("--draft", type=int, default=4, help="draft tokens per step")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     parser.add_argument("--no-static", action="store_true", help="skip the static-cache baseline")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="CUDA: also time ours with a static cache + torch.compile (CUDA graphs)",
+    )
     parser.add_argument("--data", type=Path, default=DATA)
     args = parser.parse_args()
 
@@ -160,8 +165,8 @@ def main() -> None:
     generate_greedy(model, ids[:1], max_new_tokens=4, eos_token_ids=[eos])
 
     # ---- batch 1, interleaved: plain generate, ours, (static-cache generate)
-    base_t = ours_t = stat_t = 0.0
-    base_n = ours_n = stat_n = passes = 0
+    base_t = ours_t = stat_t = look_t = 0.0
+    base_n = ours_n = stat_n = look_n = look_same = passes = 0
     mismatches = 0
     latencies: list[float] = []
     for i, p in enumerate(ids[:n_prompts]):
@@ -185,11 +190,36 @@ def main() -> None:
                 ),
             )
             stat_t, stat_n = stat_t + dt, stat_n + len(out[0])
+        if i == 0 or not args.quick:
+            # transformers' own prompt-lookup decoding, as a comparison point
+            out, dt = timed(
+                args.device,
+                lambda p=p: plain_generate(
+                    model, [p], max_new, pad, eos, prompt_lookup_num_tokens=args.draft
+                ),
+            )
+            look_t, look_n, look_same = look_t + dt, look_n + len(out[0]), look_same + (out == ref)
         print(
             f"  prompt {i}: {len(ref[0])} tokens, plain {base_n / base_t:.1f} tok/s, "
             f"ours {ours_n / ours_t:.1f} tok/s (running totals), "
             f"same={got[0].token_ids == ref[0]}"
         )
+
+    # ---- CUDA only: ours with a static cache and a compiled, CUDA-graphed verify step
+    comp_t, comp_n, comp_same = 0.0, 0, 0
+    if cuda and args.compile:
+        for p in ids[:2]:  # compile and capture the graphs first
+            generate_greedy(model, [p], max_new_tokens=8, eos_token_ids=[eos], compile=True)
+        for p in ids[:n_prompts]:
+            got, dt = timed(
+                args.device,
+                lambda p=p: generate_greedy(
+                    model, [p], max_new_tokens=max_new, eos_token_ids=[eos], compile=True
+                ),
+            )
+            ref = plain_generate(model, [p], max_new, pad, eos)
+            comp_t, comp_n = comp_t + dt, comp_n + len(got[0].token_ids)
+            comp_same += got[0].token_ids == ref[0]
 
     # ---- decomposer with early stop (what the chain actually runs)
     stop = text_stop_checker(tokenizer, decomposer_stop(prompts.DEFAULT_MAX_SUB_QUESTIONS))
@@ -240,6 +270,12 @@ def main() -> None:
     }
     if stat_n:
         result["static_cache_tokens_per_s"] = round(stat_n / stat_t, 2)
+    if look_n:
+        result["hf_prompt_lookup_tokens_per_s"] = round(look_n / look_t, 2)
+        result["identical_hf_prompt_lookup"] = f"{look_same}/{1 if args.quick else n_prompts}"
+    if comp_n:
+        result["compiled_tokens_per_s"] = round(comp_n / comp_t, 2)
+        result["identical_compiled"] = f"{comp_same}/{n_prompts}"
     print(json.dumps(result))
 
 
