@@ -58,7 +58,8 @@ class EvalConfig(BaseModel):
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "config"
+    # No leading "-" or ".": the folder must not read as a shell option or a hidden file.
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_-.") or "config"
 
 
 def run_paths(out_dir: str | Path, name: str, task: str, split: str) -> tuple[Path, Path]:
