@@ -2,13 +2,15 @@
 
 Both train the same LoRA (r=8, attention + MLP projections) on the same GSM8K
 Socratic SD-T examples with the same batch size, in one process, one after the
-other. The baseline keeps TRL's defaults (``bf16=True``, gradient checkpointing
-on); ``distill()`` turns both off on CPU and uses bf16 only on CUDA.
+other, interleaved over ``--repeats`` rounds (best kept). The baseline keeps TRL's
+defaults (``bf16=True``, gradient checkpointing on; plus ``use_cpu`` on CPU);
+``distill()`` never checkpoints activations and uses bf16 where the hardware has it
+(CUDA, or a CPU with AVX512-BF16/AMX); ``--fp32`` also times ``distill(bf16=False)``.
 Throughput is non-padding tokens per second over the steps after the first
 (model loading, dataset preparation and the first step are excluded).
 
     python benchmarks/train.py --quick        # 3 timed steps each, batch 2
-    python benchmarks/train.py --steps 10 --batch-size 8
+    python benchmarks/train.py --steps 6 --batch-size 4 --fp32 --threads 1
 
 The last line printed is a JSON object.
 """
@@ -54,8 +56,11 @@ def _rate(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def run_ours(dataset: Any, steps: int, batch: int, out: Path) -> dict[str, Any]:
+def run_ours(
+    dataset: Any, steps: int, batch: int, out: Path, bf16: bool | None = None
+) -> dict[str, Any]:
     config = DistillConfig(
+        bf16=bf16,
         output_dir=str(out),
         lora_r=8,
         target_modules=TARGETS,
@@ -82,8 +87,12 @@ def run_plain_trl(dataset: Any, steps: int, batch: int, out: Path) -> dict[str, 
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
             records.append({"step": state.global_step, "time": time.time(), **(logs or {})})
 
-    # TRL's defaults otherwise: bf16=True, gradient checkpointing on.
+    import torch
+
+    # TRL's defaults otherwise (bf16=True, gradient checkpointing on); use_cpu is the one
+    # setting a CPU run cannot do without (the Trainer refuses bf16 on CPU otherwise).
     args = SFTConfig(
+        use_cpu=not torch.cuda.is_available(),
         output_dir=str(out),
         max_steps=steps + 1,
         per_device_train_batch_size=batch,
@@ -115,6 +124,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="timed steps per trainer")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds; best kept")
+    parser.add_argument("--fp32", action="store_true", help="also time distill(bf16=False)")
     args = parser.parse_args()
     steps, batch = (3, 2) if args.quick else (args.steps, args.batch_size)
 
@@ -125,34 +136,36 @@ def main() -> None:
     dataset = build_dataset(
         load_traces(DATA), variant="SD-T", val_fraction=0, max_examples=(steps + 1) * batch
     )
+    runs: dict[str, list[dict[str, Any]]] = {"distill": [], "distill_fp32": [], "plain_trl": []}
     with tempfile.TemporaryDirectory() as tmp:
-        ours = run_ours(dataset, steps, batch, Path(tmp) / "ours")
-        plain = run_plain_trl(dataset, steps, batch, Path(tmp) / "plain")
+        # Interleaved, so a change in the shared machine's load hits every trainer alike.
+        for repeat in range(args.repeats):
+            out = Path(tmp) / str(repeat)
+            runs["plain_trl"].append(run_plain_trl(dataset, steps, batch, out / "plain"))
+            runs["distill"].append(run_ours(dataset, steps, batch, out / "ours"))
+            if args.fp32:
+                runs["distill_fp32"].append(run_ours(dataset, steps, batch, out / "fp32", False))
+    best = {name: max(r, key=lambda x: x["tokens_per_s"] or 0) for name, r in runs.items() if r}
     device = (
         torch.cuda.get_device_name()
         if torch.cuda.is_available()
         else f"cpu x{torch.get_num_threads()}"
     )
-    speedup = None
-    if ours["tokens_per_s"] and plain["tokens_per_s"]:
-        speedup = round(ours["tokens_per_s"] / plain["tokens_per_s"], 2)
-    print(f"device: {device} ({platform.processor() or platform.machine()})")
-    print(f"{'trainer':<28}{'tokens/s':>10}{'s/step':>9}  settings")
-    for name, r in (("divconq distill()", ours), ("plain TRL SFTTrainer", plain)):
-        settings = f"bf16={r['bf16']} grad-ckpt={r['gradient_checkpointing']}"
-        print(f"{name:<28}{r['tokens_per_s']!s:>10}{r.get('s_per_step')!s:>9}  {settings}")
+    plain_rate = best["plain_trl"]["tokens_per_s"]
     print(
-        json.dumps(
-            {
-                "device": device,
-                "batch_size": batch,
-                "timed_steps": steps,
-                "distill": ours,
-                "plain_trl": plain,
-                "speedup": speedup,
-            }
-        )
+        f"device: {device} ({platform.processor() or platform.machine()}), best of {args.repeats}"
     )
+    print(f"{'trainer':<28}{'tokens/s':>10}{'s/step':>9}  {'vs plain':>8}  settings")
+    for name, r in best.items():
+        ratio = (
+            round(r["tokens_per_s"] / plain_rate, 2) if r["tokens_per_s"] and plain_rate else None
+        )
+        r["vs_plain"] = ratio
+        settings = f"bf16={r['bf16']} grad-ckpt={r['gradient_checkpointing']}"
+        rate, step = r["tokens_per_s"], r.get("s_per_step")
+        print(f"{name:<28}{rate!s:>10}{step!s:>9}  {ratio!s:>8}  {settings}")
+    summary = {"device": device, "batch_size": batch, "timed_steps": steps, "repeats": args.repeats}
+    print(json.dumps({**summary, **best, "all": runs}))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from langchain_divconq.tasks import load_task
+from langchain_divconq.interop import import_gsm8k_socratic
 from langchain_divconq.trace import Trace
 from langchain_divconq.training import DistillConfig, build_dataset, distill
 from langchain_divconq.training.config import add_config_arguments, config_from_args
@@ -30,23 +30,14 @@ SHIPPED_FILES = ("adapter_config.json", "adapter_model.safetensors", "divconq_ad
 
 def load_traces(path: Path = DATA) -> Iterator[Trace]:
     """Yield GSM8K Socratic train examples as gold traces (score 1.0: the gold plan is right)."""
-    task = load_task("gsm8k", split="train", data_dir=path.parents[1])
-    for example in task.examples:
-        yield Trace(
-            source="gsm8k-socratic",
-            question=example.question,
-            reference=example.answer,
-            sub_questions=example.sub_questions,
-            answer=example.answer,
-            score=1.0,
-        )
+    return import_gsm8k_socratic(path)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default=str(ROOT / "training" / "shipped_decomposer.yaml"))
     parser.add_argument("--data", default=str(DATA), help="GSM8K train_socratic.jsonl")
-    parser.add_argument("--examples", type=int, default=1000, help="training examples used")
+    parser.add_argument("--examples", type=int, default=800, help="training examples used")
     parser.add_argument("--val-fraction", type=float, default=0.05)
     parser.add_argument("--install", action="store_true", help="copy the adapter into the package")
     add_config_arguments(parser)

@@ -27,29 +27,20 @@ DATASET_INFO_FILE = "divconq_dataset.json"
 """Written next to a saved dataset: variant, part, counts and the source store."""
 
 
-def iter_traces(path: str | Path) -> Iterator[Trace]:
-    """Yield the traces of a store: a JSONL file of traces, or any store the store module opens."""
-    path = Path(path)
-    if not path.exists():
-        msg = f"Trace store {str(path)!r} does not exist; record traces first (divconq collect)."
+def iter_traces(spec: str | Path) -> Iterator[Trace]:
+    """Yield the traces of a store: ``traces.jsonl``, ``sqlite:///traces.db`` or a ``.db`` path.
+
+    Records that are not valid traces (a half-written last line after a crash)
+    are skipped by the store with a warning, so they never stop a training run.
+    """
+    from langchain_divconq.store import open_store
+
+    text = str(spec)
+    if not text.startswith("sqlite:///") and not Path(text).exists():
+        msg = f"Trace store {text!r} does not exist; record traces first (divconq collect)."
         raise FileNotFoundError(msg)
-    if path.suffix != ".jsonl":
-        try:
-            from langchain_divconq.store import open_store
-        except ImportError as exc:
-            msg = f"Cannot read {str(path)!r}: only .jsonl trace files are supported here."
-            raise ValueError(msg) from exc
-        yield from open_store(path)
-        return
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield Trace.model_validate_json(line)
-            except ValueError:
-                # A half-written last line (a crash mid-write) must not stop training.
-                logger.warning("%s:%d: skipping a line that is not a valid trace", path, number)
+    with open_store(text) as store:
+        yield from store
 
 
 def _dataset(args: argparse.Namespace) -> int:
@@ -119,7 +110,9 @@ def register_cli(subparsers: Any) -> None:
         help="build a training dataset (SD-T/SD-R/SE-T/SE-A) from a trace store",
         description="Turn recorded traces into TRL prompt/completion pairs for one variant.",
     )
-    ds.add_argument("--store", required=True, help="trace store (a .jsonl file of traces)")
+    ds.add_argument(
+        "--store", required=True, help="trace store: traces.jsonl or sqlite:///traces.db"
+    )
     ds.add_argument("--variant", required=True, choices=sorted(VARIANTS))
     ds.add_argument("--out", required=True, help="folder to write the dataset into")
     ds.add_argument("--val-fraction", type=float, default=0.05, help="questions held out")

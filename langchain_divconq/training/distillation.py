@@ -23,7 +23,7 @@ from langchain_divconq.training.dataset import dataset_hash
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
 
-__all__ = ["METADATA_FILE", "distill", "read_metadata"]
+__all__ = ["METADATA_FILE", "cpu_has_native_bf16", "distill", "read_metadata"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +45,24 @@ def _resolve_device(config: DistillConfig) -> tuple[str, bool]:
         raise ValueError(msg)
     bf16 = config.bf16
     if bf16 is None:
-        bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+        if device == "cuda":
+            bf16 = torch.cuda.is_bf16_supported()
+        else:
+            bf16 = device == "cpu" and cpu_has_native_bf16()
     return device, bool(bf16)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Return True when the CPU has bfloat16 instructions (AVX512-BF16 or AMX-BF16).
+
+    There, bf16 autocast trained about 1.9x faster than fp32 (``benchmarks/train.py``);
+    without them bf16 is emulated and slower, so fp32 stays the default.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore")
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _splits(dataset: Dataset | DatasetDict) -> tuple[Dataset, Dataset | None]:

@@ -159,8 +159,8 @@ def test_config_validation_names_the_field() -> None:
         DistillConfig(lora_r=0)
     with pytest.raises(ValueError, match=r"DistillConfig\.learning_rate"):
         DistillConfig(learning_rate=5.0)
-    with pytest.raises(ValueError, match=r"DistillConfig\.bf16"):
-        DistillConfig(device="cpu", bf16=True)
+    with pytest.raises(ValueError, match=r"DistillConfig\.device must be one of"):
+        DistillConfig(device="tpu")
     with pytest.raises(ValueError, match=r"DistillConfig\.save_dtype"):
         DistillConfig(save_dtype="int8")
     with pytest.raises(ValueError, match=r"Unknown DistillConfig field\(s\) \['lora_rank'\]"):
@@ -322,3 +322,21 @@ def test_cli_dataset_then_distill_resumes(
     assert meta["resumed_from"].endswith("checkpoint-2")
     assert meta["variant"] == "SD-R"
     assert "adapter ->" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_shipped_adapter_decomposes_by_default() -> None:
+    from langchain_divconq.local import DEFAULT_ADAPTER_DIR, load_decomposer
+    from langchain_divconq.prompts import decomposer_messages, message_text, parse_sub_questions
+    from langchain_divconq.training import read_metadata
+
+    meta = read_metadata(DEFAULT_ADAPTER_DIR)
+    assert meta["variant"] == "SD-T" and meta["base_model"].endswith("SmolLM2-135M-Instruct")
+    assert (DEFAULT_ADAPTER_DIR / "adapter_model.safetensors").stat().st_size <= 10_000_000
+    decomposer = load_decomposer(max_tokens=64)
+    assert decomposer.model_name.endswith("+gsm8k-decomposer")
+    question = (
+        "Ann buys 3 packs of 12 pencils and gives away 10 pencils. How many pencils are left?"
+    )
+    text = message_text(decomposer.invoke(decomposer_messages(question)))
+    assert 1 <= len(parse_sub_questions(text)) <= 3, text
