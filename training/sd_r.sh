@@ -5,5 +5,5 @@ set -euo pipefail
 store=${1:?usage: training/sd_r.sh TRACES.jsonl [distill flags...]}
 shift
 cd "$(dirname "$0")/.."
-divconq dataset --store "$store" --variant SD-R --out runs/data/sd-r
-divconq distill --config training/sd_r.yaml "$@"
+python -m langchain_divconq.cli dataset --store "$store" --variant SD-R --out runs/data/sd-r
+python -m langchain_divconq.cli distill --config training/sd_r.yaml "$@"

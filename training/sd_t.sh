@@ -5,5 +5,5 @@ set -euo pipefail
 store=${1:?usage: training/sd_t.sh TRACES.jsonl [distill flags...]}
 shift
 cd "$(dirname "$0")/.."
-divconq dataset --store "$store" --variant SD-T --out runs/data/sd-t
-divconq distill --config training/sd_t.yaml "$@"
+python -m langchain_divconq.cli dataset --store "$store" --variant SD-T --out runs/data/sd-t
+python -m langchain_divconq.cli distill --config training/sd_t.yaml "$@"

@@ -5,5 +5,5 @@ set -euo pipefail
 store=${1:?usage: training/se_a.sh TRACES.jsonl [distill flags...]}
 shift
 cd "$(dirname "$0")/.."
-divconq dataset --store "$store" --variant SE-A --out runs/data/se-a
-divconq distill --config training/se_a.yaml "$@"
+python -m langchain_divconq.cli dataset --store "$store" --variant SE-A --out runs/data/se-a
+python -m langchain_divconq.cli distill --config training/se_a.yaml "$@"

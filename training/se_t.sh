@@ -5,5 +5,5 @@ set -euo pipefail
 store=${1:?usage: training/se_t.sh TRACES.jsonl [distill flags...]}
 shift
 cd "$(dirname "$0")/.."
-divconq dataset --store "$store" --variant SE-T --out runs/data/se-t
-divconq distill --config training/se_t.yaml "$@"
+python -m langchain_divconq.cli dataset --store "$store" --variant SE-T --out runs/data/se-t
+python -m langchain_divconq.cli distill --config training/se_t.yaml "$@"

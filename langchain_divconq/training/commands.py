@@ -95,7 +95,7 @@ def _distill(args: argparse.Namespace) -> int:
     meta = json.loads((out / "divconq_adapter.json").read_text(encoding="utf-8"))
     print(
         f"adapter -> {out} (variant {meta['variant']}, {meta['global_step']} steps, "
-        f"train loss {meta['train_loss']:.4f}, eval loss {meta['eval_loss']}, "
+        f"train loss {meta['train_loss']}, eval loss {meta['eval_loss']}, "
         f"{meta['train_tokens_per_s']} tokens/s)"
     )
     return 0

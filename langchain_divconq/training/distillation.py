@@ -248,7 +248,7 @@ def distill(config: DistillConfig, dataset: Dataset | DatasetDict) -> Path:
         _restore(trainer, Path(checkpoint))
         trained = False
     else:
-        trainer.train(resume_from_checkpoint=checkpoint)
+        result = trainer.train(resume_from_checkpoint=checkpoint)
         trained = True
     runtime = time.perf_counter() - started
     eval_loss = None
@@ -268,6 +268,8 @@ def distill(config: DistillConfig, dataset: Dataset | DatasetDict) -> Path:
     state = trainer.state
     # The log history is restored on resume, so these cover the whole run.
     losses = [float(h["loss"]) for h in state.log_history if "loss" in h]
+    if not losses and trained:  # fewer steps than logging_steps: only the run's mean exists
+        losses = [float(result.training_loss)]
     tokens = int(state.num_input_tokens_seen)
     session_tokens = 0
     if trained:
