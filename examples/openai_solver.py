@@ -1,9 +1,9 @@
 """A local decomposer with an OpenAI solver (or any OpenAI-compatible endpoint).
 
-    pip install 'langchain-divconq[openai]'
-    OPENAI_API_KEY=sk-... python examples/openai_solver.py
-    # or a local server (vLLM, llama.cpp, divconq serve):
-    OPENAI_BASE_URL=http://127.0.0.1:8000/v1 python examples/openai_solver.py
+pip install 'langchain-divconq[openai]'
+OPENAI_API_KEY=sk-... python examples/openai_solver.py
+# or a local server (vLLM, llama.cpp, divconq serve):
+OPENAI_BASE_URL=http://127.0.0.1:8000/v1 python examples/openai_solver.py
 """
 
 import os

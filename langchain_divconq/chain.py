@@ -128,6 +128,7 @@ class DivConqChain(RunnableSerializable[Any, dict[str, Any]]):
 
             chain = create_divconq_chain(decomposer=small_model, solver=ChatOpenAI())
             chain.invoke("Natalia sold 48 clips in April and half as many in May. Total?")
+
     """
 
     decomposer: Runnable[Any, Any] | None = None
@@ -163,12 +164,12 @@ class DivConqChain(RunnableSerializable[Any, dict[str, Any]]):
         return f"{base}{suffix}" if suffix else base
 
     @property
-    def InputType(self) -> type[DivConqInput]:  # noqa: N802 - LangChain's property name
+    def InputType(self) -> type[DivConqInput]:
         """The input type, used by ``as_tool`` and LangServe-style schemas."""
         return DivConqInput
 
     @property
-    def OutputType(self) -> type[dict[str, Any]]:  # noqa: N802
+    def OutputType(self) -> type[dict[str, Any]]:
         """The output type: a plain dict shaped like :class:`DivConqOutput`."""
         return dict
 
@@ -191,9 +192,7 @@ class DivConqChain(RunnableSerializable[Any, dict[str, Any]]):
     @staticmethod
     def _node_config(config: RunnableConfig, callbacks: Any, node: str) -> RunnableConfig:
         metadata = {**(config.get("metadata") or {}), NODE_METADATA_KEY: node}
-        return patch_config(
-            {**config, "metadata": metadata}, callbacks=callbacks, run_name=node
-        )
+        return patch_config({**config, "metadata": metadata}, callbacks=callbacks, run_name=node)
 
     @staticmethod
     def _root_config(config: RunnableConfig | None) -> RunnableConfig:
@@ -289,9 +288,7 @@ class DivConqChain(RunnableSerializable[Any, dict[str, Any]]):
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> dict[str, Any]:
         """Answer one question asynchronously."""
-        return await self._acall_with_config(
-            self._arun, input, self._root_config(config), **kwargs
-        )
+        return await self._acall_with_config(self._arun, input, self._root_config(config), **kwargs)
 
     # ---------------------------------------------------------------------- stream
     def _transform(
@@ -568,6 +565,7 @@ def create_divconq_chain(
         ... )
         >>> chain.invoke("How many clips in total?")["answer"]
         '72'
+
     """
     _check_runnable(decomposer, "decomposer")
     _check_runnable(solver, "solver")
@@ -584,6 +582,7 @@ def create_single_stage_chain(solver: Runnable[Any, Any], *, cot: bool = False) 
         >>> chain = create_single_stage_chain(FakeListChatModel(responses=["The answer is: 4"]))
         >>> chain.invoke("What is 2 + 2?")["answer"]
         '4'
+
     """
     _check_runnable(solver, "solver")
     return DivConqChain(decomposer=None, solver=solver, cot=cot)

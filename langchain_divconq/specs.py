@@ -32,9 +32,7 @@ def _chat_openai(model: str, base_url: str | None, **kwargs: Any) -> BaseChatMod
     try:
         from langchain_openai import ChatOpenAI
     except ImportError as exc:
-        msg = (
-            "The OpenAI solver needs the 'openai' extra: pip install 'langchain-divconq[openai]'."
-        )
+        msg = "The OpenAI solver needs the 'openai' extra: pip install 'langchain-divconq[openai]'."
         raise ImportError(msg) from exc
     api_key = os.environ.get("OPENAI_API_KEY") or ("not-needed" if base_url else None)
     if api_key is None:
@@ -48,7 +46,9 @@ def _chat_openai(model: str, base_url: str | None, **kwargs: Any) -> BaseChatMod
 
 def _chat_llamacpp(path: str, max_tokens: int) -> BaseChatModel:
     if not Path(path).is_file():
-        msg = f"llama.cpp model file not found: {path!r}. Pass --solver llamacpp:/path/to/model.gguf."
+        msg = (
+            f"llama.cpp model file not found: {path!r}. Pass --solver llamacpp:/path/to/model.gguf."
+        )
         raise ValueError(msg)
     try:
         from langchain_community.chat_models import ChatLlamaCpp
@@ -58,7 +58,7 @@ def _chat_llamacpp(path: str, max_tokens: int) -> BaseChatModel:
             "pip install 'langchain-divconq[llamacpp]' (llama-cpp-python builds from source)."
         )
         raise ImportError(msg) from exc
-    return ChatLlamaCpp(model_path=path, max_tokens=max_tokens, temperature=0.0, verbose=False)  # type: ignore[call-arg]
+    return ChatLlamaCpp(model_path=path, max_tokens=max_tokens, temperature=0.0, verbose=False)  # type: ignore[call-arg,unused-ignore]
 
 
 def build_solver(
@@ -78,6 +78,7 @@ def build_solver(
     Example:
         >>> build_solver("openai:gpt-4o", base_url="http://127.0.0.1:8000/v1").model_name
         'gpt-4o'
+
     """
     if base_url and (spec is None or not spec.startswith("openai:")):
         return _chat_openai(spec or "default", base_url, max_tokens=max_tokens)
@@ -119,6 +120,7 @@ def build_decomposer(
         adapter: ``default`` (the shipped distilled adapter), None/``none`` (base model only),
             or a path to a LoRA adapter folder.
         base_url: An OpenAI-compatible endpoint serving the decomposer (e.g. ``divconq serve``).
+
     """
     if base_url or (spec or "").startswith("openai:"):
         model = (spec or "default").removeprefix("openai:")

@@ -60,6 +60,7 @@ class Trace(BaseModel):
         >>> t = Trace(question="2+2?", sub_questions=[], solution="The answer is: 4", answer="4")
         >>> Trace.model_validate_json(t.model_dump_json()) == t
         True
+
     """
 
     schema_version: int = Field(default=SCHEMA_VERSION, description="Version of this schema.")
