@@ -40,8 +40,15 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test
 def load(weights: str, device: str, dtype: torch.dtype) -> tuple[Any, Any]:
     path = embedded_model_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    if weights == "embedded":
+    if weights in ("embedded", "decomposer"):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        if weights == "decomposer":
+            # What load_decomposer() runs: the shipped LoRA adapter merged into the base.
+            from peft import PeftModel
+
+            from langchain_divconq.local import DEFAULT_ADAPTER_DIR
+
+            model = PeftModel.from_pretrained(model, DEFAULT_ADAPTER_DIR).merge_and_unload()
     else:
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype)
@@ -128,7 +135,12 @@ def timed(device: str, fn: Any) -> tuple[Any, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--weights", default="embedded", choices=["embedded", "random"])
+    parser.add_argument(
+        "--weights",
+        default="decomposer",
+        choices=["decomposer", "embedded", "random"],
+        help="decomposer: embedded SmolLM2 + shipped adapter (default); embedded: base only",
+    )
     parser.add_argument("--quick", action="store_true", help="a short run (< 2 min on CPU)")
     parser.add_argument("--prompts", type=int, default=None, help="batch-1 prompts")
     parser.add_argument("--max-new-tokens", type=int, default=None)

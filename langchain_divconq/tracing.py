@@ -42,7 +42,7 @@ from langchain_divconq.prompts import extract_answer, message_text
 from langchain_divconq.scoring import Checker, score_trace
 from langchain_divconq.store import MemoryTraceStore, TraceStore, open_store
 from langchain_divconq.trace import NodeCall, TokenUsage, Trace
-from langchain_divconq.usage import estimate_tokens
+from langchain_divconq.usage import estimate_tokens, reported_usage
 
 __all__ = ["REDACTED", "TraceRecorder", "scrub_secrets"]
 
@@ -243,36 +243,6 @@ def _response_model(response: LLMResult) -> str | None:
                 name = meta.get("model_name") or meta.get("model")
                 if isinstance(name, str) and name:
                     return name
-    return None
-
-
-def _response_usage(response: LLMResult) -> TokenUsage | None:
-    found = False
-    input_tokens = output_tokens = total = 0
-    for generations in response.generations:
-        for generation in generations:
-            if isinstance(generation, ChatGeneration):
-                usage = getattr(generation.message, "usage_metadata", None)
-                if usage:
-                    found = True
-                    input_tokens += int(usage.get("input_tokens", 0))
-                    output_tokens += int(usage.get("output_tokens", 0))
-                    total += int(usage.get("total_tokens", 0))
-    if found:
-        return TokenUsage(
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            total_tokens=total or input_tokens + output_tokens,
-        )
-    token_usage = (response.llm_output or {}).get("token_usage") or {}
-    if token_usage.get("prompt_tokens") is not None:
-        prompt = int(token_usage["prompt_tokens"])
-        completion = int(token_usage.get("completion_tokens") or 0)
-        return TokenUsage(
-            input_tokens=prompt,
-            output_tokens=completion,
-            total_tokens=int(token_usage.get("total_tokens") or prompt + completion),
-        )
     return None
 
 
@@ -531,7 +501,7 @@ class TraceRecorder(BaseCallbackHandler):
         if call is None:
             return
         text = _response_text(response)
-        usage = _response_usage(response)
+        usage = reported_usage(response)
         if usage is None:
             # No reported usage: estimate, and say so, so cost reports stay honest.
             prompt = "\n".join(_content_text(m.get("content")) for m in call.messages)

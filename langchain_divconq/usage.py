@@ -25,8 +25,15 @@ from pydantic import BaseModel, Field
 
 from langchain_divconq.chain import NODE_METADATA_KEY
 from langchain_divconq.prompts import message_text
+from langchain_divconq.trace import TokenUsage
 
-__all__ = ["NodeStats", "NodeUsageCollector", "TokenCounter", "estimate_tokens"]
+__all__ = [
+    "NodeStats",
+    "NodeUsageCollector",
+    "TokenCounter",
+    "estimate_tokens",
+    "reported_usage",
+]
 
 TokenCounter = Callable[[str], int]
 """Counts the tokens of a text."""
@@ -93,9 +100,14 @@ class _Call:
         self.start = time.perf_counter()
 
 
-def _usage_from(response: LLMResult) -> tuple[int, int] | None:
+def reported_usage(response: LLMResult) -> TokenUsage | None:
+    """Token usage a model reported for one call, or None when it reported none.
+
+    Reads ``usage_metadata`` of the returned messages first, then the OpenAI-style
+    ``llm_output["token_usage"]`` that older integrations fill in.
+    """
     found = False
-    input_tokens = output_tokens = 0
+    input_tokens = output_tokens = total = 0
     for generations in response.generations:
         for generation in generations:
             if isinstance(generation, ChatGeneration):
@@ -104,11 +116,22 @@ def _usage_from(response: LLMResult) -> tuple[int, int] | None:
                     found = True
                     input_tokens += int(usage.get("input_tokens", 0))
                     output_tokens += int(usage.get("output_tokens", 0))
+                    total += int(usage.get("total_tokens", 0))
     if found:
-        return input_tokens, output_tokens
+        return TokenUsage(
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            total_tokens=total or input_tokens + output_tokens,
+        )
     token_usage = (response.llm_output or {}).get("token_usage") or {}
     if token_usage.get("prompt_tokens") is not None:
-        return int(token_usage["prompt_tokens"]), int(token_usage.get("completion_tokens", 0))
+        prompt = int(token_usage["prompt_tokens"])
+        completion = int(token_usage.get("completion_tokens") or 0)
+        return TokenUsage(
+            input_tokens=prompt,
+            output_tokens=completion,
+            total_tokens=int(token_usage.get("total_tokens") or prompt + completion),
+        )
     return None
 
 
@@ -242,12 +265,14 @@ class NodeUsageCollector(BaseCallbackHandler):
             call = self._calls.get(run_id)
         if call is None:
             return
-        usage = _usage_from(response)
-        estimated = usage is None
-        if usage is None:
+        reported = reported_usage(response)
+        estimated = reported is None
+        if reported is None:
             counter = self._counter(call.node)
             output = "".join(g.text for gens in response.generations for g in gens)
             usage = (counter(call.input_text), counter(output))
+        else:
+            usage = (reported.input_tokens, reported.output_tokens)
         model = call.model or _model_from(response)
         self._finish(
             run_id,
