@@ -46,7 +46,9 @@ def register_cli(subparsers: Any) -> None:
     )
     parser.add_argument("--out", default="results/eval", help="output folder (resumable)")
     parser.add_argument(
-        "--data-dir", default=None, help="data root (default: $DIVCONQ_DATA or ../shared/data)"
+        "--data-dir",
+        default=None,
+        help="data root (default: $DIVCONQ_DATA or ../shared/data); 'hub' downloads GSM8K from the HF hub",
     )
     parser.add_argument("--name", default=None, help="configuration name in the report")
     parser.add_argument(

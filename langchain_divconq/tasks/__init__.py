@@ -21,6 +21,7 @@ from langchain_divconq.tasks.base import (
     resolve_data_dir,
 )
 from langchain_divconq.tasks.drop import DROPTask, drop_metrics, normalize_drop_answer
+from langchain_divconq.tasks.hub import HUB_SOURCES, download_task_data
 from langchain_divconq.tasks.math import (
     GSM8KTask,
     MathTask,
@@ -35,6 +36,7 @@ from langchain_divconq.tasks.qa import BamboogleTask, StrategyQATask, normalize_
 
 __all__ = [
     "DATA_ENV_VAR",
+    "HUB_SOURCES",
     "TASKS",
     "BamboogleTask",
     "DROPTask",
@@ -46,6 +48,7 @@ __all__ = [
     "StrategyQATask",
     "Task",
     "default_split",
+    "download_task_data",
     "drop_metrics",
     "gsm8k_sub_questions",
     "load_task",
@@ -101,7 +104,9 @@ def load_task(
         name: One of ``gsm8k``, ``drop``, ``bamboogle``, ``svamp``, ``multiarith``, ``strategyqa``.
         split: The split (see each task's ``splits``); None picks :func:`default_split`.
         data_dir: The data root holding one folder per task; else ``$DIVCONQ_DATA``,
-            else ``../shared/data`` relative to the working directory.
+            else ``../shared/data`` relative to the working directory. ``"hub"`` downloads
+            the task from the Hugging Face hub once (needs internet and ``datasets``; see
+            :data:`HUB_SOURCES`) and reads the cached copy.
         **options: Task fields to set, e.g. ``strict=True`` for the math tasks.
 
     Returns:
@@ -114,7 +119,8 @@ def load_task(
 
     """
     cls = TASKS[_check_name(name)]
-    task = cls.load(resolve_data_dir(data_dir), split or default_split(name))
+    root = download_task_data(name) if data_dir == "hub" else resolve_data_dir(data_dir)
+    task = cls.load(root, split or default_split(name))
     if options:
         unknown = sorted(set(options) - set(type(task).model_fields))
         if unknown:
