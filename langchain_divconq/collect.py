@@ -228,7 +228,8 @@ def register_cli(subparsers: Any) -> None:
     parser.add_argument(
         "--data-dir",
         default=None,
-        help="data root (default: $DIVCONQ_DATA or ../shared/data); 'hub' downloads GSM8K from the HF hub",
+        help="data root (default: $DIVCONQ_DATA or ../shared/data); "
+        "'hub' downloads GSM8K from the HF hub once",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_model_arguments(parser)

@@ -48,7 +48,8 @@ def register_cli(subparsers: Any) -> None:
     parser.add_argument(
         "--data-dir",
         default=None,
-        help="data root (default: $DIVCONQ_DATA or ../shared/data); 'hub' downloads GSM8K from the HF hub",
+        help="data root (default: $DIVCONQ_DATA or ../shared/data); "
+        "'hub' downloads GSM8K from the HF hub once",
     )
     parser.add_argument("--name", default=None, help="configuration name in the report")
     parser.add_argument(
