@@ -37,9 +37,8 @@ def tokenizer() -> Any:
     return transformers.AutoTokenizer.from_pretrained(path)
 
 
-@pytest.fixture(scope="module")
-def tiny(tokenizer: Any) -> Any:
-    torch.manual_seed(0)
+def _tiny_llama(tokenizer: Any, seed: int, **extra: Any) -> Any:
+    torch.manual_seed(seed)
     config = transformers.LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,
@@ -47,11 +46,15 @@ def tiny(tokenizer: Any) -> Any:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        bos_token_id=1,
         eos_token_id=2,
-        pad_token_id=2,
+        **extra,
     )
     return transformers.LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny(tokenizer: Any) -> Any:
+    return _tiny_llama(tokenizer, 0, bos_token_id=1, pad_token_id=2)
 
 
 def _questions(n: int) -> list[str]:
@@ -308,17 +311,7 @@ def test_chat_local_model_fast_decoding_matches_generate(tiny_chat_model: Any) -
 
 def test_unmerged_peft_adapter_matches_generate(tokenizer: Any) -> None:
     peft = pytest.importorskip("peft")
-    torch.manual_seed(2)
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        eos_token_id=2,
-    )
-    base = transformers.LlamaForCausalLM(config).eval()
+    base = _tiny_llama(tokenizer, 2)
     lora = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     model = peft.get_peft_model(base, lora).eval()
     prompt = _prompt_ids(tokenizer, _questions(1)[0])
