@@ -61,8 +61,9 @@ def build_chain_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-
     from langchain_divconq.chain import create_divconq_chain
     from langchain_divconq.specs import build_decomposer, build_solver
 
-    decomposer = build_decomposer(args.decomposer, args.adapter, base_url=args.decomposer_base_url)
+    # The solver first: a bad --solver spec fails before the decomposer's weights load.
     solver = build_solver(args.solver, base_url=args.solver_base_url)
+    decomposer = build_decomposer(args.decomposer, args.adapter, base_url=args.decomposer_base_url)
     return create_divconq_chain(decomposer, solver, max_sub_questions=args.max_sub_questions)
 
 
