@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "DraftKind",
     "DraftTuner",
     "FinishReason",
     "GenerationResult",
@@ -55,6 +56,9 @@ __all__ = [
     "stop_strings",
     "text_stop_checker",
 ]
+
+DraftKind = Literal["auto", "int8", "lookup"]
+"""Where batch-1 drafts come from (see :func:`generate_greedy`)."""
 
 FinishReason = Literal["eos", "stop", "length"]
 """Why a row ended: an end-of-sequence token, the stop checker, or ``max_new_tokens``."""
@@ -264,14 +268,20 @@ class DraftTuner:
         self.samples[length] += 1
 
 
-_tuners: dict[tuple[int, int], DraftTuner] = {}
+_tuners: dict[tuple[int, str, int], DraftTuner] = {}
 
 
-def _tuner_for(model: Any, num_draft: int) -> DraftTuner:
-    key = (id(model), num_draft)
+def _tuner_for(model: Any, kind: str, num_draft: int) -> DraftTuner:
+    key = (id(model), kind, num_draft)
     tuner = _tuners.get(key)
     if tuner is None:
-        tuner = _tuners[key] = DraftTuner([0, 1, 2, num_draft])
+        if kind == "int8":
+            # int8 drafts are nearly always right, so the question is only how long a
+            # run one verify pass should check before its cost outgrows the savings.
+            lengths = [max(1, num_draft * i // 4) for i in range(1, 5)]
+        else:
+            lengths = [0, 1, 2, num_draft]
+        tuner = _tuners[key] = DraftTuner(lengths)
     return tuner
 
 
@@ -287,6 +297,15 @@ def _check_args(max_new_tokens: int, num_draft_tokens: int, max_ngram: int) -> N
         raise ValueError(msg)
 
 
+@dataclass(frozen=True)
+class _Stop:
+    """What ends a row: end-of-sequence tokens, a length limit and the stop checker."""
+
+    eos: frozenset[int]
+    max_new_tokens: int
+    checker: TokenStopChecker | None
+
+
 class _Row:
     """Bookkeeping of one row: its tokens and whether it has finished."""
 
@@ -296,20 +315,14 @@ class _Row:
         self.finish: FinishReason | None = None
         self.passes = 0
 
-    def push(
-        self,
-        token: int,
-        eos: frozenset[int],
-        max_new_tokens: int,
-        stop_checker: TokenStopChecker | None,
-    ) -> bool:
+    def push(self, token: int, stop: _Stop) -> bool:
         """Append one token; return ``True`` when the row has finished."""
         self.new.append(token)
-        if token in eos:
+        if token in stop.eos:
             self.finish = "eos"
-        elif stop_checker is not None and stop_checker(self.new):
+        elif stop.checker is not None and stop.checker(self.new):
             self.finish = "stop"
-        elif len(self.new) >= max_new_tokens:
+        elif len(self.new) >= stop.max_new_tokens:
             self.finish = "length"
         return self.finish is not None
 
@@ -326,19 +339,23 @@ def generate_greedy(
     max_new_tokens: int,
     eos_token_ids: Sequence[int] | int | None = None,
     stop_checker: TokenStopChecker | None = None,
-    num_draft_tokens: int = 4,
+    draft: DraftKind = "auto",
+    num_draft_tokens: int | None = None,
     max_ngram: int = 3,
     adaptive_draft: bool = True,
     pad_token_id: int | None = None,
     fast_cpu_matmuls: bool = True,
+    prompt_cache: bool = True,
     static_cache: bool = False,
     compile: bool = False,
 ) -> list[GenerationResult]:
     """Greedy-decode each prompt; the tokens match ``model.generate(do_sample=False)``.
 
-    One prompt uses prompt-lookup speculative decoding (``num_draft_tokens`` draft
-    tokens per step, 0 turns it off); several prompts decode as one left-padded
-    batch, each row leaving the batch when it ends.
+    One prompt uses speculative decoding: drafts come from an int8 copy of the model
+    (``draft="int8"``, see :mod:`langchain_divconq.draft_model`) or from n-grams of
+    the text (``draft="lookup"``), and the model keeps only the draft tokens it
+    would have picked itself. Several prompts decode as one left-padded batch, each
+    row leaving the batch when it ends.
 
     Args:
         model: A causal LM (``transformers`` ``PreTrainedModel`` or a ``peft`` wrapper).
@@ -348,13 +365,20 @@ def generate_greedy(
             defaults to the model's ``generation_config.eos_token_id``.
         stop_checker: Called with a row's new tokens after each token; ``True`` ends
             the row there (see :func:`text_stop_checker`, :func:`decomposer_stop`).
-        num_draft_tokens: Draft tokens verified per step at batch 1.
+        draft: Where batch-1 drafts come from: ``"int8"`` (an int8 copy of the
+            model; CPU only), ``"lookup"`` (n-grams of the prompt and output) or
+            ``"auto"`` (int8 where supported, else lookup).
+        num_draft_tokens: The most draft tokens verified per step (0 turns
+            speculation off); defaults to 16 with the int8 draft and 4 with lookup.
         max_ngram: The longest n-gram looked up in the text for drafts.
-        adaptive_draft: Let a per-model :class:`DraftTuner` pick 0, 1, 2 or
-            ``num_draft_tokens`` drafts per step from measured speed (CPU
-            contention can make long drafts a loss); False always drafts the most.
+        adaptive_draft: Let a per-model :class:`DraftTuner` pick the draft length
+            per step from measured speed (CPU contention can make long drafts a
+            loss); False always drafts the most.
         pad_token_id: Padding for batches (any id works: padded slots are masked).
         fast_cpu_matmuls: Use the small-row matrix product path on CPU.
+        prompt_cache: At batch 1, start from the cached keys and values of the
+            longest prefix this model already ran in an earlier prompt (see
+            :mod:`langchain_divconq.prompt_cache`).
         static_cache: At batch 1, keep keys and values in a preallocated
             ``StaticCache`` and feed a fixed ``num_draft_tokens + 1`` tokens per step
             (fixed shapes, which CUDA graphs need).
@@ -372,6 +396,9 @@ def generate_greedy(
     """
     import torch
 
+    kind = _draft_kind(model, draft, static_cache or compile)
+    if num_draft_tokens is None:
+        num_draft_tokens = 16 if kind == "int8" else 4
     _check_args(max_new_tokens, num_draft_tokens, max_ngram)
     if not input_ids_batch:
         return []
@@ -383,45 +410,63 @@ def generate_greedy(
         raise ValueError(msg)
     eos = _eos_set(model, eos_token_ids)
     device = next(model.parameters()).device
+    drafter = None
+    if len(input_ids_batch) == 1 and kind == "int8" and num_draft_tokens > 0:
+        from langchain_divconq.draft_model import int8_draft
+
+        drafter = int8_draft(model)  # built before the matmul patch below touches the model
     patch: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     if fast_cpu_matmuls and device.type == "cpu":
         patch = _fast_small_matmuls(model)
     rows = [_Row(p) for p in input_ids_batch]
+    stop = _Stop(eos, max_new_tokens, stop_checker)
     with torch.inference_mode(), patch:
-        if len(rows) == 1:
-            if static_cache or compile:
-                _speculate_static(
-                    model,
-                    rows[0],
-                    device,
-                    eos,
-                    max_new_tokens,
-                    stop_checker,
-                    num_draft_tokens,
-                    max_ngram,
-                    compile and device.type == "cuda",
-                )
-            else:
-                tuner = (
-                    _tuner_for(model, num_draft_tokens)
-                    if adaptive_draft and num_draft_tokens > 2
-                    else None
-                )
-                _speculate(
-                    model,
-                    rows[0],
-                    device,
-                    eos,
-                    max_new_tokens,
-                    stop_checker,
-                    num_draft_tokens,
-                    max_ngram,
-                    tuner,
-                )
-        else:
+        if len(rows) > 1:
             pad = pad_token_id if pad_token_id is not None else min(eos, default=0)
-            _decode_batch(model, rows, device, eos, max_new_tokens, stop_checker, pad)
+            _decode_batch(model, rows, device, stop, pad)
+        elif static_cache or compile:
+            _speculate_static(
+                model,
+                rows[0],
+                device,
+                stop,
+                num_draft_tokens,
+                max_ngram,
+                compile and device.type == "cuda",
+            )
+        else:
+            cache, logits = _prefill(model, rows[0], device, prompt_cache)
+            if not rows[0].push(int(logits[0, -1].argmax()), stop):
+                tuner = None
+                if adaptive_draft and num_draft_tokens > 2:
+                    tuner = _tuner_for(model, kind, num_draft_tokens)
+                if drafter is not None:
+                    _speculate_drafted(
+                        model, drafter, cache, rows[0], device, stop, num_draft_tokens,
+                        max_ngram, tuner,
+                    )  # fmt: skip
+                else:
+                    _speculate(
+                        model, cache, rows[0], device, stop, num_draft_tokens, max_ngram, tuner
+                    )
     return [row.result() for row in rows]
+
+
+def _draft_kind(model: Any, draft: str, fixed_shapes: bool) -> DraftKind:
+    if draft not in ("auto", "int8", "lookup"):
+        msg = f"draft must be 'auto', 'int8' or 'lookup', got {draft!r}."
+        raise ValueError(msg)
+    if draft == "lookup" or fixed_shapes:
+        return "lookup"
+    from langchain_divconq.draft_model import supports_int8_draft
+
+    if supports_int8_draft(model):
+        return "int8"
+    if draft == "int8":
+        from langchain_divconq.draft_model import int8_draft
+
+        int8_draft(model)  # raises the explanatory error
+    return "lookup"
 
 
 def _eos_set(model: Any, eos_token_ids: Sequence[int] | int | None) -> frozenset[int]:
@@ -451,13 +496,65 @@ def _new_cache(model: Any) -> Any:
     return DynamicCache(config=config) if config is not None else DynamicCache()
 
 
+def _prefill(
+    model: Any, row: _Row, device: torch.device, use_prompt_cache: bool
+) -> tuple[Any, torch.Tensor]:
+    """Run the prompt (from the longest cached prefix, if any); return the cache and logits."""
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    cache = _new_cache(model)
+    kw = _cache_kwarg(model)
+    store = None
+    done = 0
+    if use_prompt_cache:
+        from langchain_divconq.prompt_cache import prompt_cache_for
+
+        store = prompt_cache_for(model)
+        done, layers = store.longest_prefix(row.prompt)
+        for i, (keys, values) in enumerate(layers or []):
+            cache.update(keys, values, i)
+    rest = torch.tensor([row.prompt[done:]], device=device)
+    logits = model(input_ids=rest, **{kw: cache}, use_cache=True, logits_to_keep=1).logits
+    row.passes += 1
+    # Layers that are not plain growing caches (sliding windows) cannot be sliced.
+    if store is not None and all(type(layer) is DynamicLayer for layer in cache.layers):
+        store.store(row.prompt, [(layer.keys, layer.values) for layer in cache.layers])
+    return cache, logits
+
+
+def _verify(
+    model: Any, cache: Any, row: _Row, device: torch.device, draft: list[int], stop: _Stop
+) -> int:
+    """Check ``draft`` in one pass, keep what greedy decoding agrees with; return drafts kept.
+
+    The cache must hold every token but the row's last; it is left the same way.
+    """
+    import torch
+
+    fed = [row.new[-1], *draft]
+    step = torch.tensor([fed], device=device)
+    kw = _cache_kwarg(model)
+    logits = model(input_ids=step, **{kw: cache}, use_cache=True, logits_to_keep=len(fed)).logits
+    best = logits[0].argmax(dim=-1).tolist()
+    row.passes += 1
+    accepted = 0
+    while accepted < len(draft) and draft[accepted] == best[accepted]:
+        accepted += 1
+    if accepted < len(draft):
+        cache.crop(accepted - len(draft))  # forget the keys of rejected drafts
+    for token in best[: accepted + 1]:
+        if row.push(int(token), stop):
+            break
+    return accepted
+
+
 def _speculate(
     model: Any,
+    cache: Any,
     row: _Row,
     device: torch.device,
-    eos: frozenset[int],
-    max_new_tokens: int,
-    stop_checker: TokenStopChecker | None,
+    stop: _Stop,
     num_draft: int,
     max_ngram: int,
     tuner: DraftTuner | None = None,
@@ -465,47 +562,94 @@ def _speculate(
     """Decode one row with prompt-lookup drafts verified against the model's argmax."""
     import time
 
-    import torch
-
-    cache = _new_cache(model)
-    kw = _cache_kwarg(model)
-    prompt = torch.tensor([row.prompt], device=device)
-    logits = model(input_ids=prompt, **{kw: cache}, use_cache=True, logits_to_keep=1).logits
-    row.passes += 1
-    if row.push(int(logits[0, -1].argmax()), eos, max_new_tokens, stop_checker):
-        return
-    while True:
-        room = max_new_tokens - len(row.new) - 1
+    while row.finish is None:
+        room = stop.max_new_tokens - len(row.new) - 1
         found = _prompt_lookup(row.prompt + row.new, max_ngram, min(num_draft, room))
         length = tuner.choose() if tuner is not None and found else num_draft
         draft = found[:length]
-        fed = [row.new[-1], *draft]
-        step = torch.tensor([fed], device=device)
         start = time.perf_counter()
-        logits = model(
-            input_ids=step, **{kw: cache}, use_cache=True, logits_to_keep=len(fed)
-        ).logits
-        best = logits[0].argmax(dim=-1).tolist()
-        row.passes += 1
-        accepted = 0
-        while accepted < len(draft) and draft[accepted] == best[accepted]:
-            accepted += 1
+        accepted = _verify(model, cache, row, device, draft, stop)
         if tuner is not None and found:
             tuner.record(length, accepted + 1, time.perf_counter() - start)
-        if accepted < len(draft):
-            cache.crop(accepted - len(draft))  # forget the keys of rejected drafts
-        for token in best[: accepted + 1]:
-            if row.push(int(token), eos, max_new_tokens, stop_checker):
-                return
+
+
+def _speculate_drafted(
+    model: Any,
+    drafter: Any,
+    cache: Any,
+    row: _Row,
+    device: torch.device,
+    stop: _Stop,
+    num_draft: int,
+    max_ngram: int,
+    tuner: DraftTuner | None = None,
+) -> None:
+    """Decode one row with drafts from a cheap copy of the model (see ``draft_model``).
+
+    The drafter runs on the model's own cache: it appends its keys, proposes a run
+    of tokens, and its entries are cropped again before the model verifies the run,
+    so the verified cache only ever holds keys the model computed itself.
+    """
+    import time
+
+    while row.finish is None:
+        room = stop.max_new_tokens - len(row.new) - 1
+        length = tuner.choose() if tuner is not None else num_draft
+        start = time.perf_counter()
+        draft, added = _draft_run(drafter, cache, row, device, stop, min(length, room), max_ngram)
+        if added:
+            cache.crop(-added)
+        accepted = _verify(model, cache, row, device, draft, stop)
+        if tuner is not None:
+            tuner.record(length, accepted + 1, time.perf_counter() - start)
+
+
+def _draft_run(
+    drafter: Any,
+    cache: Any,
+    row: _Row,
+    device: torch.device,
+    stop: _Stop,
+    budget: int,
+    max_ngram: int,
+) -> tuple[list[int], int]:
+    """Greedy-decode up to ``budget`` tokens with the drafter; return them and its cache entries.
+
+    Each drafter pass also checks an n-gram guess of the next few tokens (prompt
+    lookup, here against the drafter's argmax), so a pass often drafts several.
+    """
+    import torch
+
+    kw = _cache_kwarg(drafter)
+    draft: list[int] = []
+    added = 0
+    while len(draft) < budget:
+        text = row.prompt + row.new + draft
+        guess = _prompt_lookup(text, max_ngram, min(3, budget - len(draft) - 1))
+        fed = [text[-1], *guess]
+        step = torch.tensor([fed], device=device)
+        logits = drafter(input_ids=step, **{kw: cache}, use_cache=True, logits_to_keep=len(fed))
+        best = logits.logits[0].argmax(dim=-1).tolist()
+        ok = 0
+        while ok < len(guess) and guess[ok] == best[ok]:
+            ok += 1
+        if ok < len(guess):
+            cache.crop(ok - len(guess))
+        added += ok + 1
+        draft.extend(int(t) for t in best[: ok + 1])
+        hit = [i for i, t in enumerate(draft) if t in stop.eos]
+        if hit:
+            return draft[: hit[0] + 1], added
+        if stop.checker is not None and stop.checker(row.new + draft):
+            break  # the row would end inside this run; drafting on is wasted work
+    return draft[:budget], added
 
 
 def _decode_batch(
     model: Any,
     rows: list[_Row],
     device: torch.device,
-    eos: frozenset[int],
-    max_new_tokens: int,
-    stop_checker: TokenStopChecker | None,
+    stop: _Stop,
     pad: int,
 ) -> None:
     """Decode several rows at once with left padding, as ``generate`` lays a batch out."""
@@ -535,9 +679,7 @@ def _decode_batch(
             rows[j].passes += 1
         tokens = logits[:, -1].argmax(dim=-1)
         keep = [
-            j
-            for j, token in enumerate(tokens.tolist())
-            if not rows[live[j]].push(int(token), eos, max_new_tokens, stop_checker)
+            j for j, token in enumerate(tokens.tolist()) if not rows[live[j]].push(int(token), stop)
         ]
         if not keep:
             return
@@ -579,9 +721,7 @@ def _speculate_static(
     model: Any,
     row: _Row,
     device: torch.device,
-    eos: frozenset[int],
-    max_new_tokens: int,
-    stop_checker: TokenStopChecker | None,
+    stop: _Stop,
     num_draft: int,
     max_ngram: int,
     compile: bool = False,
@@ -596,13 +736,15 @@ def _speculate_static(
     from transformers import StaticCache
 
     width = num_draft + 1
-    cache = StaticCache(config=model.config, max_cache_len=len(row.prompt) + max_new_tokens + width)
+    cache = StaticCache(
+        config=model.config, max_cache_len=len(row.prompt) + stop.max_new_tokens + width
+    )
     kw = _cache_kwarg(model)
     prompt = torch.tensor([row.prompt], device=device)
     # The prompt pass has a shape of its own, so it stays eager.
     logits = model(input_ids=prompt, **{kw: cache}, use_cache=True, logits_to_keep=1).logits
     row.passes += 1
-    if row.push(int(logits[0, -1].argmax()), eos, max_new_tokens, stop_checker):
+    if row.push(int(logits[0, -1].argmax()), stop):
         return
     forward = _compiled_forward(model) if compile else model
     step = torch.empty((1, width), dtype=torch.long, device=device)
@@ -633,5 +775,5 @@ def _speculate_static(
         if accepted < num_draft:
             cache.crop(accepted - num_draft)
         for token in best[: accepted + 1]:
-            if row.push(int(token), eos, max_new_tokens, stop_checker):
+            if row.push(int(token), stop):
                 return
