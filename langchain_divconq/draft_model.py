@@ -150,7 +150,7 @@ def _quantize_children(parent: torch.nn.Module) -> None:
 
 
 def _merged_lora(module: torch.nn.Module) -> torch.nn.Linear | None:
-    """A peft LoRA layer folded into one plain linear layer (None for anything else).
+    """Fold a peft LoRA layer into one plain linear layer (None for anything else).
 
     The draft of an unmerged adapter is thus the merged model in int8.
     """

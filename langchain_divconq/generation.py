@@ -3,20 +3,27 @@
 The decomposer sits on every request's critical path, so this module decodes
 faster than ``model.generate(do_sample=False)`` while returning the same tokens:
 
-- **Prompt-lookup speculative decoding** (batch 1): the next few tokens are
-  guessed by finding the latest n-gram of the text in the prompt (sub-questions
-  copy whole phrases from the question) and verified in one forward pass. Only
-  draft tokens that greedy decoding would have picked are kept, so the output is
-  the greedy output; a step that accepts ``m`` drafts yields ``m + 1`` tokens.
-- **Small-row matrix products on CPU**: a verify pass feeds 2-8 rows; MKL's
-  ``x @ W.T`` path is slow for such shapes while ``(W @ x.T).T`` is not (on an
-  idle 2-core machine a 5-row pass of SmolLM2-135M took 36 ms against 41 ms for
-  a 1-row step), so linear layers use it while the engine runs. One-row steps
-  and the prompt pass keep the stock kernels, which generate uses too.
-- **Draft length tuned by measurement** (:class:`DraftTuner`): on a CPU whose
-  cores are busy, a 5-row pass costs nearly twice a 1-row step and long drafts
-  that are mostly rejected lose; the tuner times passes and keeps the draft
-  length that gives the most tokens per second.
+- **Self-speculative decoding with an int8 draft** (batch 1, CPU): an int8 copy
+  of the model (:mod:`langchain_divconq.draft_model`, a quarter of the bytes to
+  stream per step) proposes a run of tokens on the model's own KV cache, and the
+  model checks the whole run in one forward pass. Only draft tokens that greedy
+  decoding would have picked are kept, so the output is the model's greedy
+  output; a pass that accepts ``m`` drafts yields ``m + 1`` tokens.
+- **Prompt-lookup drafts**: n-grams of the prompt guess the next few tokens
+  (sub-questions copy whole phrases from the question); the int8 drafter checks
+  such guesses several at a time, and where there is no int8 kernel (CUDA, or
+  ``draft="lookup"``) they are the drafts themselves.
+- **Prompt-prefix reuse** (:mod:`langchain_divconq.prompt_cache`): the prompt
+  pass starts from the cached keys and values of the longest prefix the model
+  already ran (the decomposer's system prompt), which halves it for GSM8K.
+- **CPU matrix products**: MKL's ``x @ W.T`` is slow for the few-row shapes of
+  decoding on the machine we measured (2-core EPYC: all of SmolLM2-135M's
+  linear layers take 32 ms for one row, 51 ms for two), while ``(W @ x.T).T``
+  takes 16 ms for two rows and beats it at every row count up to 512; one row
+  is padded to two. Linear layers of fp32 models use it while the engine runs.
+- **Draft length tuned by measurement** (:class:`DraftTuner`): the tuner times
+  each draft-and-verify cycle and keeps the draft length that gives the most
+  tokens per second (CPU contention can make long prompt-lookup drafts a loss).
 - **Early stop**: a ``stop_checker`` sees the tokens so far and ends the row the
   moment it returns ``True`` (see :func:`decomposer_stop`, which stops once the
   sentinel or enough sub-question lines are out).
@@ -65,9 +72,6 @@ FinishReason = Literal["eos", "stop", "length"]
 
 TokenStopChecker = Callable[[Sequence[int]], bool]
 """Called with a row's new token ids so far; ``True`` ends that row there."""
-
-_SMALL_ROWS = range(2, 9)
-"""Row counts that take the ``(W @ x.T).T`` path on CPU (see the module docstring)."""
 
 
 @dataclass
@@ -154,14 +158,21 @@ _patch_lock = threading.Lock()
 _patch_counts: dict[int, int] = {}
 
 
-def _small_rows_linear(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+def _cpu_linear(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    import torch
     import torch.nn.functional as F
 
-    rows = x.numel() // x.shape[-1]
-    if rows not in _SMALL_ROWS:
+    flat = x.reshape(-1, x.shape[-1])
+    if module.weight.dtype != torch.float32 or flat.shape[0] > 16:
+        # Measured no faster for longer inputs (prompt passes), nor checked for other dtypes.
         return F.linear(x, module.weight, module.bias)
-    flat = x.reshape(rows, x.shape[-1])
-    out = (module.weight @ flat.t()).t()
+    if flat.shape[0] == 1:
+        # A two-row product streams the weights at twice the speed of MKL's
+        # one-row (GEMV) kernel here; the second row is a copy and is dropped.
+        out = (module.weight @ flat.expand(2, -1).contiguous().t())[:, :1].t().contiguous()
+    else:
+        # Row-major output again: later ops (attention, norms) are slower on strided views.
+        out = (module.weight @ flat.t()).t().contiguous()
     if module.bias is not None:
         out = out + module.bias
     return out.reshape(*x.shape[:-1], out.shape[-1])
@@ -169,7 +180,7 @@ def _small_rows_linear(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor
 
 @contextlib.contextmanager
 def _fast_small_matmuls(model: torch.nn.Module) -> Iterator[None]:
-    """Route the model's CPU linear layers through :func:`_small_rows_linear` for a while.
+    """Route the model's CPU linear layers through :func:`_cpu_linear` for a while.
 
     Reference-counted per model, so concurrent calls on one model are safe.
     """
@@ -183,7 +194,7 @@ def _fast_small_matmuls(model: torch.nn.Module) -> Iterator[None]:
         if count == 0:
             for module in model.modules():
                 if type(module) is torch.nn.Linear and "forward" not in vars(module):
-                    module.forward = functools.partial(_small_rows_linear, module)  # type: ignore[method-assign]
+                    module.forward = functools.partial(_cpu_linear, module)  # type: ignore[method-assign]
                     module._divconq_fast = True  # type: ignore[assignment]
         _patch_counts[key] = count + 1
     try:

@@ -99,14 +99,37 @@ def _reference_batch(
     return rows
 
 
-@pytest.mark.parametrize("static_cache", [False, True])
-def test_batch_one_matches_generate(tokenizer: Any, tiny: Any, static_cache: bool) -> None:
-    for question in _questions(2):
+@pytest.mark.parametrize(
+    ("draft", "static_cache"), [("lookup", False), ("int8", False), ("lookup", True)]
+)
+def test_batch_one_matches_generate(
+    tokenizer: Any, tiny: Any, draft: str, static_cache: bool
+) -> None:
+    for question in _questions(3):
         prompt = _prompt_ids(tokenizer, question)
         expected = _reference(tiny, prompt, 32)
-        [got] = generate_greedy(tiny, [prompt], max_new_tokens=32, static_cache=static_cache)
+        [got] = generate_greedy(
+            tiny, [prompt], max_new_tokens=32, draft=draft, static_cache=static_cache
+        )
         assert got.token_ids == expected
         assert got.finish_reason == "length"
+
+
+def test_int8_draft_is_the_default_on_cpu(tokenizer: Any, tiny: Any) -> None:
+    from langchain_divconq import draft_model
+
+    prompt = _prompt_ids(tokenizer, _questions(1)[0])
+    [auto] = generate_greedy(tiny, [prompt], max_new_tokens=24, adaptive_draft=False)
+    [lookup] = generate_greedy(tiny, [prompt], max_new_tokens=24, draft="lookup")
+    assert auto.token_ids == lookup.token_ids == _reference(tiny, prompt, 24)
+    assert tiny in draft_model._drafts  # "auto" built (and cached) the int8 draft
+    # A random tiny model's int8 copy still agrees with it on most tokens.
+    assert auto.forward_passes < lookup.forward_passes
+
+
+def test_bad_draft_kind(tiny: Any) -> None:
+    with pytest.raises(ValueError, match="draft must be"):
+        generate_greedy(tiny, [[1, 2]], max_new_tokens=4, draft="int4")  # type: ignore[arg-type]
 
 
 def test_speculation_accepts_drafts(tokenizer: Any) -> None:
@@ -135,10 +158,14 @@ def test_speculation_accepts_drafts(tokenizer: Any) -> None:
     )
     [plain] = generate_greedy(echo, [prompt], max_new_tokens=40, num_draft_tokens=0)
     [static] = generate_greedy(echo, [prompt], max_new_tokens=40, static_cache=True)
-    assert fast.token_ids == plain.token_ids == static.token_ids == expected
+    [drafted] = generate_greedy(
+        echo, [prompt], max_new_tokens=40, draft="int8", num_draft_tokens=16, adaptive_draft=False
+    )
+    assert fast.token_ids == plain.token_ids == static.token_ids == drafted.token_ids == expected
     assert plain.forward_passes == 40
     assert fast.forward_passes <= 12  # about five tokens per pass once it repeats
     assert static.forward_passes <= 12
+    assert drafted.forward_passes <= 4  # the prompt pass, then 17 tokens per verify pass
 
 
 def test_eos_ends_row_like_generate(tokenizer: Any, tiny: Any) -> None:

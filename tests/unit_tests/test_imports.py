@@ -63,3 +63,12 @@ def test_unknown_attribute_is_a_clear_error() -> None:
         assert "NoSuchThing" in str(exc)
     else:
         raise AssertionError("expected AttributeError")
+
+
+def test_decoding_modules_pin_their_api() -> None:
+    from langchain_divconq import generation, prompt_cache
+
+    assert sorted(prompt_cache.__all__) == ["PromptCache", "prompt_cache_for"]
+    assert "generate_greedy" in generation.__all__ and "DraftKind" in generation.__all__
+    loaded = _modules_after("import langchain_divconq.generation, langchain_divconq.prompt_cache")
+    assert not [m for m in HEAVY if m in loaded]  # torch only once decoding starts

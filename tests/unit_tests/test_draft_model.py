@@ -1,0 +1,81 @@
+"""The int8 draft: close to the model, sharing its tensors, built once per model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from langchain_divconq.draft_model import (  # noqa: E402
+    Int8Linear,
+    int8_draft,
+    supports_int8_draft,
+)
+
+
+def _tiny(seed: int = 0, **extra: Any) -> Any:
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(
+        vocab_size=96,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        **extra,
+    )
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def test_int8_linear_is_close_and_keeps_dtype() -> None:
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 32)
+    layer = Int8Linear(linear)
+    x = torch.randn(3, 5, 64)
+    got, expected = layer(x), linear(x)
+    assert got.dtype == torch.float32 and got.shape == (3, 5, 32)
+    assert (got - expected).norm() / expected.norm() < 0.02
+    assert layer.qweight.dtype == torch.int8 and layer.qweight.shape == (32, 64)
+
+
+def test_draft_shares_tensors_and_is_cached() -> None:
+    model = _tiny(tie_word_embeddings=True)
+    draft = int8_draft(model)
+    assert int8_draft(model) is draft
+    assert draft.model.embed_tokens.weight is model.model.embed_tokens.weight
+    assert draft.model.norm.weight is model.model.norm.weight
+    assert isinstance(draft.model.layers[0].self_attn.q_proj, Int8Linear)
+    assert isinstance(draft.lm_head, Int8Linear)
+    # The model itself is untouched.
+    assert type(model.model.layers[0].self_attn.q_proj) is torch.nn.Linear
+    ids = torch.randint(0, 96, (1, 12))
+    with torch.inference_mode():
+        want = model(input_ids=ids).logits
+        got = draft(input_ids=ids).logits
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.8
+
+
+def test_unsupported_model_is_refused() -> None:
+    with torch.device("meta"):
+        model = torch.nn.Linear(4, 4)
+    assert not supports_int8_draft(model)
+    with pytest.raises(ValueError, match="draft='lookup'"):
+        int8_draft(model)
+
+
+def test_unmerged_lora_is_merged_into_the_draft() -> None:
+    peft = pytest.importorskip("peft")
+    base = _tiny(seed=3)
+    lora = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = peft.get_peft_model(base, lora).eval()
+    draft = int8_draft(model)
+    ids = torch.randint(0, 96, (1, 10))
+    with torch.inference_mode():
+        want = model(input_ids=ids).logits
+        got = draft(input_ids=ids).logits
+        base_only = int8_draft(_tiny(seed=3))(input_ids=ids).logits
+    # Closer to the adapted model than the base model's draft is.
+    assert (got - want).norm() < (base_only - want).norm()
