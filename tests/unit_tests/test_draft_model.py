@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -42,8 +42,8 @@ def test_int8_linear_is_close_and_keeps_dtype() -> None:
 
 
 def test_draft_shares_tensors_and_is_cached() -> None:
-    model = _tiny(tie_word_embeddings=True)
-    draft = int8_draft(model)
+    model: Any = _tiny(tie_word_embeddings=True)
+    draft = cast("Any", int8_draft(model))
     assert int8_draft(model) is draft
     assert draft.model.embed_tokens.weight is model.model.embed_tokens.weight
     assert draft.model.norm.weight is model.model.norm.weight
@@ -71,7 +71,7 @@ def test_unmerged_lora_is_merged_into_the_draft() -> None:
     base = _tiny(seed=3)
     lora = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     model = peft.get_peft_model(base, lora).eval()
-    draft = int8_draft(model)
+    draft = cast("Any", int8_draft(model))
     ids = torch.randint(0, 96, (1, 10))
     with torch.inference_mode():
         want = model(input_ids=ids).logits

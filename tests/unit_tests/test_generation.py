@@ -14,6 +14,7 @@ transformers = pytest.importorskip("transformers")
 
 from langchain_divconq import prompts  # noqa: E402
 from langchain_divconq.generation import (  # noqa: E402
+    DraftKind,
     DraftTuner,
     _fast_small_matmuls,
     _prompt_lookup,
@@ -103,7 +104,7 @@ def _reference_batch(
     ("draft", "static_cache"), [("lookup", False), ("int8", False), ("lookup", True)]
 )
 def test_batch_one_matches_generate(
-    tokenizer: Any, tiny: Any, draft: str, static_cache: bool
+    tokenizer: Any, tiny: Any, draft: DraftKind, static_cache: bool
 ) -> None:
     for question in _questions(3):
         prompt = _prompt_ids(tokenizer, question)
@@ -199,7 +200,7 @@ def test_batch_rows_leave_at_their_own_eos(tokenizer: Any, tiny: Any) -> None:
 
 
 @pytest.mark.parametrize("draft", ["lookup", "int8"])
-def test_stop_checker_cuts_at_first_hit(tokenizer: Any, tiny: Any, draft: str) -> None:
+def test_stop_checker_cuts_at_first_hit(tokenizer: Any, tiny: Any, draft: DraftKind) -> None:
     prompt = _prompt_ids(tokenizer, _questions(1)[0])
     full = _reference(tiny, prompt, 48)
     seen: list[int] = []

@@ -54,7 +54,7 @@ def test_shared_system_prompt_is_reused_with_identical_output() -> None:
     )
     model = transformers.LlamaForCausalLM(config).eval()
     system = list(range(10, 40))
-    prompts = [system + [50 + i, 60 + i, 70 + i] for i in range(3)]
+    prompts = [[*system, 50 + i, 60 + i, 70 + i] for i in range(3)]
     store = prompt_cache_for(model)
     for i, prompt in enumerate(prompts):
         [got] = generate_greedy(model, [prompt], max_new_tokens=12, draft="lookup")
