@@ -44,7 +44,7 @@ def test_int8_linear_is_close_and_keeps_dtype() -> None:
 def test_draft_shares_tensors_and_is_cached() -> None:
     model: Any = _tiny(tie_word_embeddings=True)
     draft = cast("Any", int8_draft(model))
-    assert int8_draft(model) is draft
+    assert id(int8_draft(model)) == id(draft)  # cached (an `is` here would narrow the type)
     assert draft.model.embed_tokens.weight is model.model.embed_tokens.weight
     assert draft.model.norm.weight is model.model.norm.weight
     assert isinstance(draft.model.layers[0].self_attn.q_proj, Int8Linear)
