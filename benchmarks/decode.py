@@ -26,6 +26,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from langchain_divconq import prompts
+from langchain_divconq.draft_model import int8_draft, supports_int8_draft
 from langchain_divconq.embedded import embedded_model_path
 from langchain_divconq.generation import (
     _prompt_lookup,
@@ -33,6 +34,7 @@ from langchain_divconq.generation import (
     generate_greedy,
     text_stop_checker,
 )
+from langchain_divconq.prompt_cache import prompt_cache_for
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
 
@@ -145,7 +147,18 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=None, help="batch-1 prompts")
     parser.add_argument("--max-new-tokens", type=int, default=None)
     parser.add_argument("--batch", type=int, default=None, help="prompts in the batched run")
-    parser.add_argument("--draft", type=int, default=4, help="draft tokens per step")
+    parser.add_argument(
+        "--draft-kind",
+        default="auto",
+        choices=["auto", "int8", "lookup"],
+        help="where our batch-1 drafts come from (auto: int8 on CPU)",
+    )
+    parser.add_argument(
+        "--draft",
+        type=int,
+        default=None,
+        help="most draft tokens per verify pass (default: the engine's, 32 int8 / 4 lookup)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     parser.add_argument("--no-static", action="store_true", help="skip the static-cache baseline")
     parser.add_argument(
@@ -172,22 +185,37 @@ def main() -> None:
         f"{torch.get_num_threads()} prompts={n_prompts} max_new_tokens={max_new} batch={batch_n}"
     )
 
-    # Warm-up (first calls allocate and, on CUDA, pick kernels).
-    plain_generate(model, ids[:1], 4, pad, eos)
-    generate_greedy(model, ids[:1], max_new_tokens=4, eos_token_ids=[eos])
+    # Warm-up (first calls allocate and, on CUDA, pick kernels) on a prompt that is
+    # not measured. It leaves the shared system prompt in our prompt cache, as any
+    # earlier request would; each measured prompt is dropped from that cache before
+    # each of our runs, so no run finds its own prompt there.
+    warm = prompt_ids(tokenizer, max(n_prompts, batch_n) + 1, args.data)[-1:]
+    draft_build_s = None
+    if args.draft_kind != "lookup" and supports_int8_draft(model):
+        _, draft_build_s = timed(args.device, lambda: int8_draft(model))
+    plain_generate(model, warm, 4, pad, eos)
+    generate_greedy(model, warm, max_new_tokens=4, eos_token_ids=[eos])
+    store = prompt_cache_for(model)
 
     # ---- batch 1, interleaved: plain generate, ours, (static-cache generate)
-    base_t = ours_t = stat_t = look_t = 0.0
-    base_n = ours_n = stat_n = look_n = look_same = passes = 0
+    lookup_n = args.draft if args.draft_kind == "lookup" and args.draft else 4
+    base_t = ours_t = stat_t = look_t = ours_l_t = 0.0
+    base_n = ours_n = stat_n = look_n = look_same = passes = ours_l_n = ours_l_same = 0
     mismatches = 0
     latencies: list[float] = []
     for i, p in enumerate(ids[:n_prompts]):
         ref, dt = timed(args.device, lambda p=p: plain_generate(model, [p], max_new, pad, eos))
         base_t, base_n = base_t + dt, base_n + len(ref[0])
+        store.forget(p)
         got, dt = timed(
             args.device,
             lambda p=p: generate_greedy(
-                model, [p], max_new_tokens=max_new, eos_token_ids=[eos], num_draft_tokens=args.draft
+                model,
+                [p],
+                max_new_tokens=max_new,
+                eos_token_ids=[eos],
+                draft=args.draft_kind,
+                num_draft_tokens=args.draft,
             ),
         )
         ours_t, ours_n = ours_t + dt, ours_n + len(got[0].token_ids)
@@ -207,10 +235,20 @@ def main() -> None:
             out, dt = timed(
                 args.device,
                 lambda p=p: plain_generate(
-                    model, [p], max_new, pad, eos, prompt_lookup_num_tokens=args.draft
+                    model, [p], max_new, pad, eos, prompt_lookup_num_tokens=lookup_n
                 ),
             )
             look_t, look_n, look_same = look_t + dt, look_n + len(out[0]), look_same + (out == ref)
+            # ours with prompt-lookup drafts only (what CUDA and draft="lookup" run)
+            store.forget(p)
+            got_l, dt = timed(
+                args.device,
+                lambda p=p: generate_greedy(
+                    model, [p], max_new_tokens=max_new, eos_token_ids=[eos], draft="lookup"
+                ),
+            )
+            ours_l_t, ours_l_n = ours_l_t + dt, ours_l_n + len(got_l[0].token_ids)
+            ours_l_same += got_l[0].token_ids == ref[0]
         print(
             f"  prompt {i}: {len(ref[0])} tokens, plain {base_n / base_t:.1f} tok/s, "
             f"ours {ours_n / ours_t:.1f} tok/s (running totals), "
@@ -237,6 +275,7 @@ def main() -> None:
     stop = text_stop_checker(tokenizer, decomposer_stop(prompts.DEFAULT_MAX_SUB_QUESTIONS))
     stop_lat = []
     for p in ids[:n_prompts]:
+        store.forget(p)
         _, dt = timed(
             args.device,
             lambda p=p: generate_greedy(
@@ -259,6 +298,7 @@ def main() -> None:
         "device": args.device,
         "device_name": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
         "weights": args.weights,
+        "draft": args.draft_kind,
         "dtype": str(dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -277,12 +317,17 @@ def main() -> None:
         "batch_speedup": round(base_bt / ours_bt, 2),
         "identical_batched": f"{batch_same}/{batch_n}",
         "gold_decomposition_tokens_per_pass": round(
-            gold_tokens_per_pass(tokenizer, args.data, 200, args.draft), 2
+            gold_tokens_per_pass(tokenizer, args.data, 200, lookup_n), 2
         ),
     }
+    if draft_build_s is not None:
+        result["int8_draft_build_s"] = round(draft_build_s, 2)
+    result["prompt_cache_reused_tokens"] = store.reused_tokens
     if stat_n:
         result["static_cache_tokens_per_s"] = round(stat_n / stat_t, 2)
     if look_n:
+        result["ours_lookup_only_tokens_per_s"] = round(ours_l_n / ours_l_t, 2)
+        result["identical_ours_lookup_only"] = f"{ours_l_same}/{1 if args.quick else n_prompts}"
         result["hf_prompt_lookup_tokens_per_s"] = round(look_n / look_t, 2)
         result["identical_hf_prompt_lookup"] = f"{look_same}/{1 if args.quick else n_prompts}"
     if comp_n:

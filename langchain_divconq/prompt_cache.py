@@ -75,6 +75,12 @@ class PromptCache:
             self._entries.insert(0, (tokens, layers))
             del self._entries[self.max_entries :]
 
+    def forget(self, prompt: Sequence[int]) -> None:
+        """Drop the entry of exactly this prompt, if any (benchmarks rerun the same prompt)."""
+        tokens = tuple(prompt)
+        with self._lock:
+            self._entries = [e for e in self._entries if e[0] != tokens]
+
     def clear(self) -> None:
         """Forget every entry (for example after the model's weights changed)."""
         with self._lock:
