@@ -26,7 +26,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from langchain_divconq import prompts
-from langchain_divconq.draft_model import int8_draft, supports_int8_draft
+from langchain_divconq.draft_model import drafter_for, supports_int8_draft
 from langchain_divconq.embedded import embedded_model_path
 from langchain_divconq.generation import (
     _prompt_lookup,
@@ -192,7 +192,7 @@ def main() -> None:
     warm = prompt_ids(tokenizer, max(n_prompts, batch_n) + 1, args.data)[-1:]
     draft_build_s = None
     if args.draft_kind != "lookup" and supports_int8_draft(model):
-        _, draft_build_s = timed(args.device, lambda: int8_draft(model))
+        _, draft_build_s = timed(args.device, lambda: drafter_for(model))
     plain_generate(model, warm, 4, pad, eos)
     generate_greedy(model, warm, max_new_tokens=4, eos_token_ids=[eos])
     store = prompt_cache_for(model)

@@ -54,6 +54,8 @@ from langchain_divconq.prompts import NO_DECOMPOSITION, parse_sub_questions
 if TYPE_CHECKING:
     import torch
 
+    from langchain_divconq.draft_model import Drafter
+
 __all__ = [
     "DraftKind",
     "DraftTuner",
@@ -441,9 +443,9 @@ def generate_greedy(
     device = next(model.parameters()).device
     drafter = None
     if len(input_ids_batch) == 1 and kind == "int8" and num_draft_tokens > 0:
-        from langchain_divconq.draft_model import int8_draft
+        from langchain_divconq.draft_model import drafter_for
 
-        drafter = int8_draft(model)  # built before the matmul patch below touches the model
+        drafter = drafter_for(model)  # built before the matmul patch below touches the model
     patch: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     if fast_cpu_matmuls and device.type == "cpu":
         patch = _fast_small_matmuls(model)
@@ -604,7 +606,7 @@ def _speculate(
 
 def _speculate_drafted(
     model: Any,
-    drafter: Any,
+    drafter: Drafter,
     cache: Any,
     row: _Row,
     device: torch.device,
@@ -623,7 +625,7 @@ def _speculate_drafted(
     while row.finish is None:
         room = stop.max_new_tokens - len(row.new) - 1
         length = run.length if adaptive else num_draft
-        draft, added = _draft_run(drafter, cache, row, device, stop, min(length, room), max_ngram)
+        draft, added = _draft_run(drafter, cache, row, stop, min(length, room), max_ngram)
         if added:
             cache.crop(-added)
         accepted = _verify(model, cache, row, device, draft, stop)
@@ -631,10 +633,9 @@ def _speculate_drafted(
 
 
 def _draft_run(
-    drafter: Any,
+    drafter: Drafter,
     cache: Any,
     row: _Row,
-    device: torch.device,
     stop: _Stop,
     budget: int,
     max_ngram: int,
@@ -644,18 +645,12 @@ def _draft_run(
     Each drafter pass also checks an n-gram guess of the next few tokens (prompt
     lookup, here against the drafter's argmax), so a pass often drafts several.
     """
-    import torch
-
-    kw = _cache_kwarg(drafter)
     draft: list[int] = []
     added = 0
     while len(draft) < budget:
         text = row.prompt + row.new + draft
         guess = _prompt_lookup(text, max_ngram, min(3, budget - len(draft) - 1))
-        fed = [text[-1], *guess]
-        step = torch.tensor([fed], device=device)
-        logits = drafter(input_ids=step, **{kw: cache}, use_cache=True, logits_to_keep=len(fed))
-        best = logits.logits[0].argmax(dim=-1).tolist()
+        best = drafter.greedy([text[-1], *guess], cache)
         ok = 0
         while ok < len(guess) and guess[ok] == best[ok]:
             ok += 1

@@ -79,3 +79,62 @@ def test_unmerged_lora_is_merged_into_the_draft() -> None:
         base_only = int8_draft(_tiny(seed=3))(input_ids=ids).logits
     # Closer to the adapted model than the base model's draft is.
     assert (got - want).norm() < (base_only - want).norm()
+
+
+def _cache_after(model: Any, ids: Any) -> Any:
+    cache = transformers.DynamicCache(config=model.config)
+    with torch.inference_mode():
+        model(input_ids=ids, cache=cache, use_cache=True)
+    return cache
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_lean_drafter_matches_the_module_draft(kind: str) -> None:
+    from langchain_divconq.draft_model import LlamaInt8Drafter, ModuleDrafter
+
+    torch.manual_seed(4)
+    shape = {
+        "vocab_size": 96,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+    }
+    if kind == "llama":
+        model: Any = transformers.LlamaForCausalLM(transformers.LlamaConfig(**shape))
+    else:  # biases on the query, key and value products
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**shape))
+    model.eval()
+    assert LlamaInt8Drafter.fits(model)
+    lean, generic = LlamaInt8Drafter(model), ModuleDrafter(int8_draft(model))
+    prompt = torch.randint(0, 96, (1, 9))
+    cache_a, cache_b = _cache_after(model, prompt), _cache_after(model, prompt)
+    with torch.inference_mode():
+        for fed in ([5], [7, 8, 9], [11]):  # one row, several rows (masked), one row again
+            assert lean.greedy(fed, cache_a) == generic.greedy(fed, cache_b)
+    assert cache_a.get_seq_length() == cache_b.get_seq_length() == 9 + 5
+    for a, b in zip(cache_a.layers, cache_b.layers, strict=True):
+        assert torch.allclose(a.keys, b.keys, atol=1e-2)
+        assert torch.allclose(a.values, b.values, atol=1e-2)
+
+
+def test_lean_drafter_declines_other_layouts() -> None:
+    from langchain_divconq.draft_model import LlamaInt8Drafter, ModuleDrafter, drafter_for
+
+    mistral = transformers.MistralForCausalLM(
+        transformers.MistralConfig(
+            vocab_size=96,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            sliding_window=4,
+        )
+    ).eval()
+    assert not LlamaInt8Drafter.fits(mistral)  # a sliding window is not reproduced
+    assert isinstance(drafter_for(mistral), ModuleDrafter)
+    assert not LlamaInt8Drafter.fits(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="Llama-style"):
+        LlamaInt8Drafter(torch.nn.Linear(2, 2))

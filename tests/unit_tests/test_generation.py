@@ -123,7 +123,7 @@ def test_int8_draft_is_the_default_on_cpu(tokenizer: Any, tiny: Any) -> None:
     [auto] = generate_greedy(tiny, [prompt], max_new_tokens=24, adaptive_draft=False)
     [lookup] = generate_greedy(tiny, [prompt], max_new_tokens=24, draft="lookup")
     assert auto.token_ids == lookup.token_ids == _reference(tiny, prompt, 24)
-    assert tiny in draft_model._drafts  # "auto" built (and cached) the int8 draft
+    assert tiny in draft_model._drafters  # "auto" built (and cached) the int8 drafter
     # A random tiny model's int8 copy still agrees with it on most tokens.
     assert auto.forward_passes < lookup.forward_passes
 
