@@ -16,11 +16,10 @@ faster than ``model.generate(do_sample=False)`` while returning the same tokens:
 - **Prompt-prefix reuse** (:mod:`langchain_divconq.prompt_cache`): the prompt
   pass starts from the cached keys and values of the longest prefix the model
   already ran (the decomposer's system prompt), which halves it for GSM8K.
-- **CPU matrix products**: MKL's ``x @ W.T`` is slow for the few-row shapes of
-  decoding on the machine we measured (2-core EPYC: all of SmolLM2-135M's
-  linear layers take 32 ms for one row, 51 ms for two), while ``(W @ x.T).T``
-  takes 16 ms for two rows and beats it at every row count up to 512; one row
-  is padded to two. Linear layers of fp32 models use it while the engine runs.
+- **CPU matrix products** (:mod:`langchain_divconq.cpu_kernels`): fp32 linear
+  layers run on oneDNN with weights reordered once, 2-2.8x faster than the
+  stock kernels at decoding shapes on the machine we measured (one extra copy
+  of the weights in memory; ``fast_cpu_matmuls=False`` turns it off).
 - **Draft length**: int8 runs are long (32 tokens, usually the whole
   decomposition, checked in one pass) and shrink after a rejection; for
   prompt-lookup drafts a :class:`DraftTuner` times each pass and keeps the
@@ -44,8 +43,7 @@ against ``generate`` token for token.
 from __future__ import annotations
 
 import contextlib
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -154,63 +152,6 @@ def text_stop_checker(tokenizer: Any, check: Callable[[str], bool]) -> TokenStop
         return check(tokenizer.decode(list(token_ids), skip_special_tokens=True))
 
     return on_ids
-
-
-# ---------------------------------------------------------------------------- CPU kernels
-
-_patch_lock = threading.Lock()
-_patch_counts: dict[int, int] = {}
-
-
-def _cpu_linear(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    import torch
-    import torch.nn.functional as F
-
-    flat = x.reshape(-1, x.shape[-1])
-    if module.weight.dtype != torch.float32 or flat.shape[0] > 16:
-        # Measured no faster for longer inputs (prompt passes), nor checked for other dtypes.
-        return F.linear(x, module.weight, module.bias)
-    if flat.shape[0] == 1:
-        # A two-row product streams the weights at twice the speed of MKL's
-        # one-row (GEMV) kernel here; the second row is a copy and is dropped.
-        out = (module.weight @ flat.expand(2, -1).contiguous().t())[:, :1].t().contiguous()
-    else:
-        # Row-major output again: later ops (attention, norms) are slower on strided views.
-        out = (module.weight @ flat.t()).t().contiguous()
-    if module.bias is not None:
-        out = out + module.bias
-    return out.reshape(*x.shape[:-1], out.shape[-1])
-
-
-@contextlib.contextmanager
-def _fast_small_matmuls(model: torch.nn.Module) -> Iterator[None]:
-    """Route the model's CPU linear layers through :func:`_cpu_linear` for a while.
-
-    Reference-counted per model, so concurrent calls on one model are safe.
-    """
-    import functools
-
-    import torch
-
-    key = id(model)
-    with _patch_lock:
-        count = _patch_counts.get(key, 0)
-        if count == 0:
-            for module in model.modules():
-                if type(module) is torch.nn.Linear and "forward" not in vars(module):
-                    module.forward = functools.partial(_cpu_linear, module)  # type: ignore[method-assign]
-                    module._divconq_fast = True  # type: ignore[assignment]
-        _patch_counts[key] = count + 1
-    try:
-        yield
-    finally:
-        with _patch_lock:
-            _patch_counts[key] -= 1
-            if _patch_counts[key] == 0:
-                del _patch_counts[key]
-                for module in model.modules():
-                    if vars(module).pop("_divconq_fast", False):
-                        del module.forward
 
 
 # ---------------------------------------------------------------------------- drafting
@@ -406,7 +347,9 @@ def generate_greedy(
             speed (CPU contention can make long drafts a loss). False always
             drafts the most.
         pad_token_id: Padding for batches (any id works: padded slots are masked).
-        fast_cpu_matmuls: Use the small-row matrix product path on CPU.
+        fast_cpu_matmuls: On CPU, run fp32 linear layers on oneDNN with
+            reordered weights (see :mod:`langchain_divconq.cpu_kernels`; keeps a
+            reordered copy of the weights).
         prompt_cache: At batch 1, start from the cached keys and values of the
             longest prefix this model already ran in an earlier prompt (see
             :mod:`langchain_divconq.prompt_cache`).
@@ -448,7 +391,9 @@ def generate_greedy(
         drafter = drafter_for(model)  # built before the matmul patch below touches the model
     patch: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     if fast_cpu_matmuls and device.type == "cpu":
-        patch = _fast_small_matmuls(model)
+        from langchain_divconq.cpu_kernels import fast_cpu_linears
+
+        patch = fast_cpu_linears(model)
     rows = [_Row(p) for p in input_ids_batch]
     stop = _Stop(eos, max_new_tokens, stop_checker)
     with torch.inference_mode(), patch:

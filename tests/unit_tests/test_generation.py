@@ -16,7 +16,6 @@ from langchain_divconq import prompts  # noqa: E402
 from langchain_divconq.generation import (  # noqa: E402
     DraftKind,
     DraftTuner,
-    _fast_small_matmuls,
     _prompt_lookup,
     decomposer_stop,
     generate_greedy,
@@ -235,17 +234,6 @@ def test_concurrent_calls_share_the_patched_model(tokenizer: Any, tiny: Any) -> 
     assert [results[i] for i in range(3)] == expected
     linears = [m for m in tiny.modules() if isinstance(m, torch.nn.Linear)]
     assert all("forward" not in vars(m) for m in linears)  # patch removed afterwards
-
-
-def test_small_row_matmuls_match_linear(tiny: Any) -> None:
-    layer = tiny.model.layers[0].mlp.up_proj
-    x = torch.randn(1, 4, layer.in_features)
-    expected = torch.nn.functional.linear(x, layer.weight)
-    with _fast_small_matmuls(tiny):
-        assert "forward" in vars(layer)
-        got = layer(x)
-    assert torch.allclose(got, expected, atol=1e-5)
-    assert "forward" not in vars(layer)
 
 
 def test_prompt_lookup_prefers_longest_latest_match() -> None:
