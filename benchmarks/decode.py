@@ -7,6 +7,7 @@ sides alike. Every output of ours is checked token for token against generate.
     python benchmarks/decode.py --quick                 # CPU, embedded SmolLM2, < 2 min
     python benchmarks/decode.py --device cuda           # GPU: bf16, plus the compiled path
     python benchmarks/decode.py --weights random        # no real weights needed for speed
+    python benchmarks/decode.py --check 50              # + exactness on 50 more prompts
 
 The last line printed is a JSON object (``tokens_per_s`` = ours at batch 1).
 """
@@ -102,6 +103,14 @@ def gold_tokens_per_pass(tokenizer: Any, data: Path, n: int, draft: int) -> floa
     return tokens / passes
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (the model, its int8 and packed copies)."""
+    import resource
+
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib / 1024 if platform.system() != "Darwin" else kib / 2**20
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -166,6 +175,12 @@ def main() -> None:
         action="store_true",
         help="CUDA: also time ours with a static cache + torch.compile (CUDA graphs)",
     )
+    parser.add_argument(
+        "--check",
+        type=int,
+        default=0,
+        help="also compare ours with generate on this many further prompts (untimed)",
+    )
     parser.add_argument("--data", type=Path, default=DATA)
     args = parser.parse_args()
 
@@ -190,11 +205,14 @@ def main() -> None:
     # earlier request would; each measured prompt is dropped from that cache before
     # each of our runs, so no run finds its own prompt there.
     warm = prompt_ids(tokenizer, max(n_prompts, batch_n) + 1, args.data)[-1:]
+    plain_generate(model, warm, 4, pad, eos)
+    rss_before = peak_rss_mb()
     draft_build_s = None
     if args.draft_kind != "lookup" and supports_int8_draft(model):
         _, draft_build_s = timed(args.device, lambda: drafter_for(model))
-    plain_generate(model, warm, 4, pad, eos)
-    generate_greedy(model, warm, max_new_tokens=4, eos_token_ids=[eos])
+    _, first_call_s = timed(  # reorders the weights for oneDNN on CPU
+        args.device, lambda: generate_greedy(model, warm, max_new_tokens=4, eos_token_ids=[eos])
+    )
     store = prompt_cache_for(model)
 
     # ---- batch 1, interleaved: plain generate, ours, (static-cache generate)
@@ -294,6 +312,17 @@ def main() -> None:
     batch_tokens = sum(len(r) for r in ref_b)
     batch_same = sum(g.token_ids == r for g, r in zip(got_b, ref_b, strict=True))
 
+    # ---- exactness on further prompts (not timed)
+    extra = prompt_ids(tokenizer, max(n_prompts, batch_n) + 1 + args.check, args.data)
+    extra = extra[max(n_prompts, batch_n) + 1 :]
+    extra_same = 0
+    for p in extra:
+        ref = plain_generate(model, [p], max_new, pad, eos)[0]
+        got = generate_greedy(
+            model, [p], max_new_tokens=max_new, eos_token_ids=[eos], draft=args.draft_kind
+        )
+        extra_same += got[0].token_ids == ref
+
     result: dict[str, Any] = {
         "device": args.device,
         "device_name": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
@@ -316,10 +345,15 @@ def main() -> None:
         "baseline_batch_tokens_per_s": round(batch_tokens / base_bt, 2),
         "batch_speedup": round(base_bt / ours_bt, 2),
         "identical_batched": f"{batch_same}/{batch_n}",
+        "peak_rss_mb_before_ours": round(rss_before),
+        "peak_rss_mb": round(peak_rss_mb()),
+        "first_call_s": round(first_call_s, 2),
         "gold_decomposition_tokens_per_pass": round(
             gold_tokens_per_pass(tokenizer, args.data, 200, lookup_n), 2
         ),
     }
+    if extra:
+        result["identical_further_prompts"] = f"{extra_same}/{len(extra)}"
     if draft_build_s is not None:
         result["int8_draft_build_s"] = round(draft_build_s, 2)
     result["prompt_cache_reused_tokens"] = store.reused_tokens

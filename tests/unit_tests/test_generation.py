@@ -304,12 +304,17 @@ def test_embedded_model_matches_generate(tokenizer: Any) -> None:
     assert [g.token_ids for g in got_batch] == _reference_batch(model, prompt_ids, 24)
 
 
-def test_chat_local_model_fast_decoding_matches_generate(tiny_chat_model: Any) -> None:
+@pytest.mark.parametrize("draft", ["int8", "lookup"])
+def test_chat_local_model_fast_decoding_matches_generate(
+    tiny_chat_model: Any, draft: DraftKind
+) -> None:
     from langchain_divconq.local import ChatLocalModel
 
     assert isinstance(tiny_chat_model, ChatLocalModel)
     plain = tiny_chat_model.model_copy(update={"max_tokens": 40})
-    fast = tiny_chat_model.model_copy(update={"max_tokens": 40, "fast_decoding": True})
+    fast = tiny_chat_model.model_copy(
+        update={"max_tokens": 40, "fast_decoding": True, "draft": draft}
+    )
     questions = _questions(3)
     expected = plain.batch(questions)
     for got in (fast.batch(questions), [fast.invoke(q) for q in questions]):
