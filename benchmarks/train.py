@@ -5,7 +5,10 @@ Socratic SD-T examples with the same batch size, in one process, one after the
 other, interleaved over ``--repeats`` rounds (best kept). The baseline keeps TRL's
 defaults (``bf16=True``, gradient checkpointing on; plus ``use_cpu`` on CPU);
 ``distill()`` never checkpoints activations and uses bf16 where the hardware has it
-(CUDA, or a CPU with AVX512-BF16/AMX); ``--fp32`` also times ``distill(bf16=False)``.
+(CUDA, or a CPU with AVX512-BF16/AMX) and batches examples of similar length
+together (``group_by_length``); ``--fp32`` also times ``distill(bf16=False)`` and
+``--ungrouped`` ``distill(group_by_length=False)``. Each trainer sees the same
+examples once, so tokens/s compare directly.
 Throughput is non-padding tokens per second over the steps after the first
 (model loading, dataset preparation and the first step are excluded).
 
@@ -57,10 +60,16 @@ def _rate(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_ours(
-    dataset: Any, steps: int, batch: int, out: Path, bf16: bool | None = None
+    dataset: Any,
+    steps: int,
+    batch: int,
+    out: Path,
+    bf16: bool | None = None,
+    group_by_length: bool = True,
 ) -> dict[str, Any]:
     config = DistillConfig(
         bf16=bf16,
+        group_by_length=group_by_length,
         output_dir=str(out),
         lora_r=8,
         target_modules=TARGETS,
@@ -73,7 +82,12 @@ def run_ours(
     folder = distill(config, dataset)
     records = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
     meta = json.loads((folder / "divconq_adapter.json").read_text())
-    return {**_rate(records), "bf16": meta["bf16"], "gradient_checkpointing": False}
+    return {
+        **_rate(records),
+        "bf16": meta["bf16"],
+        "gradient_checkpointing": False,
+        "group_by_length": group_by_length,
+    }
 
 
 def run_plain_trl(dataset: Any, steps: int, batch: int, out: Path) -> dict[str, Any]:
@@ -115,6 +129,7 @@ def run_plain_trl(dataset: Any, steps: int, batch: int, out: Path) -> dict[str, 
         "gradient_checkpointing": bool(
             getattr(args, "activation_checkpointing", args.gradient_checkpointing)
         ),
+        "group_by_length": args.train_sampling_strategy == "group_by_length",
     }
 
 
@@ -126,6 +141,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds; best kept")
     parser.add_argument("--fp32", action="store_true", help="also time distill(bf16=False)")
+    parser.add_argument(
+        "--ungrouped", action="store_true", help="also time distill(group_by_length=False)"
+    )
     args = parser.parse_args()
     steps, batch = (3, 2) if args.quick else (args.steps, args.batch_size)
 
@@ -136,7 +154,12 @@ def main() -> None:
     dataset = build_dataset(
         load_traces(DATA), variant="SD-T", val_fraction=0, max_examples=(steps + 1) * batch
     )
-    runs: dict[str, list[dict[str, Any]]] = {"distill": [], "distill_fp32": [], "plain_trl": []}
+    runs: dict[str, list[dict[str, Any]]] = {
+        "distill": [],
+        "distill_fp32": [],
+        "distill_ungrouped": [],
+        "plain_trl": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         # Interleaved, so a change in the shared machine's load hits every trainer alike.
         for repeat in range(args.repeats):
@@ -145,6 +168,10 @@ def main() -> None:
             runs["distill"].append(run_ours(dataset, steps, batch, out / "ours"))
             if args.fp32:
                 runs["distill_fp32"].append(run_ours(dataset, steps, batch, out / "fp32", False))
+            if args.ungrouped:
+                runs["distill_ungrouped"].append(
+                    run_ours(dataset, steps, batch, out / "ungrouped", group_by_length=False)
+                )
     best = {name: max(r, key=lambda x: x["tokens_per_s"] or 0) for name, r in runs.items() if r}
     device = (
         torch.cuda.get_device_name()
@@ -161,7 +188,10 @@ def main() -> None:
             round(r["tokens_per_s"] / plain_rate, 2) if r["tokens_per_s"] and plain_rate else None
         )
         r["vs_plain"] = ratio
-        settings = f"bf16={r['bf16']} grad-ckpt={r['gradient_checkpointing']}"
+        settings = (
+            f"bf16={r['bf16']} grad-ckpt={r['gradient_checkpointing']} "
+            f"grouped={r['group_by_length']}"
+        )
         rate, step = r["tokens_per_s"], r.get("s_per_step")
         print(f"{name:<28}{rate!s:>10}{step!s:>9}  {ratio!s:>8}  {settings}")
     summary = {"device": device, "batch_size": batch, "timed_steps": steps, "repeats": args.repeats}

@@ -99,6 +99,16 @@ class DistillConfig:
     """
     gradient_checkpointing: bool = False
     """Recompute activations to save memory (slower; several times slower on CPU)."""
+    group_by_length: bool = True
+    """Batch examples of similar length together (transformers' length-grouped sampler):
+    random batches of GSM8K SD-T examples are 23% padding at batch 4 and 36% at 16."""
+    padding_free: bool = False
+    """Concatenate each batch into one unpadded row (TRL ``padding_free``). Needs a
+    flash-attention ``attn_implementation``: with transformers' sdpa and eager attention
+    the concatenated examples attend to each other (tested), so it is refused there."""
+    attn_implementation: str | None = None
+    """transformers ``attn_implementation`` for the base model (sdpa, eager,
+    flash_attention_2, ...); None keeps transformers' default."""
     num_threads: int | None = None
     """torch CPU threads; None leaves torch's default."""
     logging_steps: int = 10
@@ -164,6 +174,12 @@ class DistillConfig:
             self._fail("save_dtype", f"one of {_SAVE_DTYPES}")
         if self.variant not in _VARIANTS:
             self._fail("variant", f"one of {_VARIANTS}")
+        if self.padding_free and "flash" not in (self.attn_implementation or ""):
+            self._fail(
+                "padding_free",
+                "false unless attn_implementation is a flash-attention kernel (e.g. "
+                f"flash_attention_2; got attn_implementation={self.attn_implementation!r})",
+            )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DistillConfig:

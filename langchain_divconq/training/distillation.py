@@ -121,6 +121,8 @@ def _sft_config(config: DistillConfig, device: str, bf16: bool, has_eval: bool) 
         **checkpointing,
         use_cpu=device == "cpu",
         completion_only_loss=True,
+        padding_free=config.padding_free,
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
         logging_steps=config.logging_steps,
         eval_strategy=eval_strategy,
         eval_steps=config.eval_steps,
@@ -222,7 +224,10 @@ def distill(config: DistillConfig, dataset: Dataset | DatasetDict) -> Path:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     # fp32 master weights; with bf16=True the Trainer autocasts the forward pass.
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    attention = {"attn_implementation": config.attn_implementation}
+    model = AutoModelForCausalLM.from_pretrained(
+        base, dtype=torch.float32, **(attention if config.attn_implementation else {})
+    )
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha or 2 * config.lora_r,
