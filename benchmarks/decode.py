@@ -40,8 +40,10 @@ from langchain_divconq.prompt_cache import prompt_cache_for
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
 
 
-def load(weights: str, device: str, dtype: torch.dtype) -> tuple[Any, Any]:
-    path = embedded_model_path()
+def load(
+    weights: str, device: str, dtype: torch.dtype, model_dir: Path | None = None
+) -> tuple[Any, Any]:
+    path = model_dir or embedded_model_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
     if weights in ("embedded", "decomposer"):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
@@ -182,6 +184,13 @@ def main() -> None:
         help="also compare ours with generate on this many further prompts (untimed)",
     )
     parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=None,
+        help="model folder instead of the embedded SmolLM2 (config + tokenizer suffice "
+        "with --weights random)",
+    )
     args = parser.parse_args()
 
     if args.threads:
@@ -191,7 +200,7 @@ def main() -> None:
     max_new = args.max_new_tokens or (48 if args.quick else 96)
     batch_n = args.batch or (4 if args.quick else (64 if cuda else 16))
     dtype = torch.bfloat16 if cuda else torch.float32
-    model, tokenizer = load(args.weights, args.device, dtype)
+    model, tokenizer = load(args.weights, args.device, dtype, args.model_dir)
     eos = int(tokenizer.eos_token_id)
     pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
     ids = prompt_ids(tokenizer, max(n_prompts, batch_n), args.data)

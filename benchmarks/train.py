@@ -14,6 +14,7 @@ Throughput is non-padding tokens per second over the steps after the first
 
     python benchmarks/train.py --quick        # 3 timed steps each, batch 2
     python benchmarks/train.py --steps 6 --batch-size 4 --fp32 --threads 1
+    python benchmarks/train.py --base model-dir --random-init   # config + tokenizer only
 
 The last line printed is a JSON object.
 """
@@ -66,8 +67,10 @@ def run_ours(
     out: Path,
     bf16: bool | None = None,
     group_by_length: bool = True,
+    base: str | None = None,
 ) -> dict[str, Any]:
     config = DistillConfig(
+        base_model=base,
         bf16=bf16,
         group_by_length=group_by_length,
         output_dir=str(out),
@@ -90,7 +93,9 @@ def run_ours(
     }
 
 
-def run_plain_trl(dataset: Any, steps: int, batch: int, out: Path) -> dict[str, Any]:
+def run_plain_trl(
+    dataset: Any, steps: int, batch: int, out: Path, base: str | None = None
+) -> dict[str, Any]:
     from peft import LoraConfig
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
@@ -116,7 +121,7 @@ def run_plain_trl(dataset: Any, steps: int, batch: int, out: Path) -> dict[str, 
         include_num_input_tokens_seen="non_padding",
     )
     trainer = SFTTrainer(
-        model=resolve_base_model(None),
+        model=resolve_base_model(base),
         args=args,
         train_dataset=dataset["train"].select_columns(["prompt", "completion"]),
         peft_config=LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS, task_type="CAUSAL_LM"),
@@ -133,6 +138,15 @@ def run_plain_trl(dataset: Any, steps: int, batch: int, out: Path) -> dict[str, 
     }
 
 
+def random_model(source: str, folder: Path) -> str:
+    """Save a randomly initialised copy of ``source``'s architecture (and its tokenizer)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source)).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+    return str(folder)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="3 timed steps, batch 2")
@@ -144,6 +158,15 @@ def main() -> None:
     parser.add_argument(
         "--ungrouped", action="store_true", help="also time distill(group_by_length=False)"
     )
+    parser.add_argument("--data", type=Path, default=DATA, help="GSM8K train_socratic.jsonl")
+    parser.add_argument(
+        "--base", default=None, help="base model folder or hub id (default: embedded SmolLM2)"
+    )
+    parser.add_argument(
+        "--random-init",
+        action="store_true",
+        help="train a randomly initialised model built from --base's config (speed only)",
+    )
     args = parser.parse_args()
     steps, batch = (3, 2) if args.quick else (args.steps, args.batch_size)
 
@@ -152,7 +175,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     dataset = build_dataset(
-        load_traces(DATA), variant="SD-T", val_fraction=0, max_examples=(steps + 1) * batch
+        load_traces(args.data), variant="SD-T", val_fraction=0, max_examples=(steps + 1) * batch
     )
     runs: dict[str, list[dict[str, Any]]] = {
         "distill": [],
@@ -161,16 +184,23 @@ def main() -> None:
         "plain_trl": [],
     }
     with tempfile.TemporaryDirectory() as tmp:
+        base = args.base
+        if args.random_init:
+            base = random_model(resolve_base_model(args.base), Path(tmp) / "random-base")
         # Interleaved, so a change in the shared machine's load hits every trainer alike.
         for repeat in range(args.repeats):
             out = Path(tmp) / str(repeat)
-            runs["plain_trl"].append(run_plain_trl(dataset, steps, batch, out / "plain"))
-            runs["distill"].append(run_ours(dataset, steps, batch, out / "ours"))
+            runs["plain_trl"].append(run_plain_trl(dataset, steps, batch, out / "plain", base))
+            runs["distill"].append(run_ours(dataset, steps, batch, out / "ours", base=base))
             if args.fp32:
-                runs["distill_fp32"].append(run_ours(dataset, steps, batch, out / "fp32", False))
+                runs["distill_fp32"].append(
+                    run_ours(dataset, steps, batch, out / "fp32", False, base=base)
+                )
             if args.ungrouped:
                 runs["distill_ungrouped"].append(
-                    run_ours(dataset, steps, batch, out / "ungrouped", group_by_length=False)
+                    run_ours(
+                        dataset, steps, batch, out / "ungrouped", group_by_length=False, base=base
+                    )
                 )
     best = {name: max(r, key=lambda x: x["tokens_per_s"] or 0) for name, r in runs.items() if r}
     device = (

@@ -43,7 +43,7 @@ __all__ = ["fast_cpu_linears", "onednn_available"]
 
 _lock = threading.Lock()
 _active: dict[int, int] = {}
-_packed: weakref.WeakKeyDictionary[torch.nn.Linear, tuple[tuple[int, int], torch.Tensor]] = (
+_packed: weakref.WeakKeyDictionary[torch.nn.Linear, tuple[tuple[int, int], torch.Tensor | None]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -64,23 +64,32 @@ def onednn_available() -> bool:
     )
 
 
-def _packed_weight(module: torch.nn.Linear) -> torch.Tensor:
+def _packed_weight(module: torch.nn.Linear) -> torch.Tensor | None:
+    """Return the oneDNN copy of the layer's weight (None where oneDNN refused to reorder it)."""
     weight = module.weight
     stamp = (weight.data_ptr(), weight._version)
     entry = _packed.get(module)
-    if entry is None or entry[0] != stamp:  # first use, or the weights changed since
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
-        entry = _packed[module] = (stamp, packed)
+    if entry is not None and entry[0] == stamp:
+        return entry[1]
+    with _lock:  # first use, or the weights changed since
+        entry = _packed.get(module)
+        if entry is None or entry[0] != stamp:
+            try:
+                packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+            except RuntimeError:  # a build or CPU without the kernel: stay on the fallback
+                packed = None
+            entry = _packed[module] = (stamp, packed)
     return entry[1]
 
 
 def _onednn_linear(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     if module.weight.dtype != torch.float32 or x.dtype != torch.float32:
         return F.linear(x, module.weight, module.bias)
+    packed = _packed_weight(module)
+    if packed is None:
+        return _transposed_linear(module, x)
     flat = x.reshape(-1, x.shape[-1]).contiguous()
-    out = torch.ops.mkldnn._linear_pointwise(
-        flat, _packed_weight(module), module.bias, "none", [], ""
-    )
+    out = torch.ops.mkldnn._linear_pointwise(flat, packed, module.bias, "none", [], "")
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 

@@ -60,3 +60,15 @@ def test_other_dtypes_keep_the_stock_kernel() -> None:
     expected = model(x)
     with torch.inference_mode(), fast_cpu_linears(model):
         assert torch.equal(model(x), expected)
+
+
+def test_layers_onednn_cannot_reorder_use_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    from langchain_divconq import cpu_kernels
+
+    monkeypatch.setattr(cpu_kernels, "_packed_weight", lambda module: None)
+    model = _model()
+    x = torch.randn(5, 48)
+    expected = model(x)
+    with torch.inference_mode(), fast_cpu_linears(model, onednn=True):
+        got = model(x)
+    assert torch.allclose(got, expected, atol=1e-5)
