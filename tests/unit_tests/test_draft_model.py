@@ -9,6 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from _tiny import TINY_SHAPE, tiny_llama  # noqa: E402
+
 from langchain_divconq.draft_model import (  # noqa: E402
     Int8Linear,
     int8_draft,
@@ -17,17 +19,7 @@ from langchain_divconq.draft_model import (  # noqa: E402
 
 
 def _tiny(seed: int = 0, **extra: Any) -> Any:
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
-        vocab_size=96,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        **extra,
-    )
-    return transformers.LlamaForCausalLM(config).eval()
+    return tiny_llama(seed=seed, **extra)
 
 
 def test_int8_linear_is_close_and_keeps_dtype() -> None:
@@ -93,14 +85,7 @@ def test_lean_drafter_matches_the_module_draft(kind: str) -> None:
     from langchain_divconq.draft_model import LlamaInt8Drafter, ModuleDrafter
 
     torch.manual_seed(4)
-    shape = {
-        "vocab_size": 96,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-    }
+    shape = {"vocab_size": 96, **TINY_SHAPE}
     if kind == "llama":
         model: Any = transformers.LlamaForCausalLM(transformers.LlamaConfig(**shape))
     else:  # biases on the query, key and value products
@@ -123,15 +108,7 @@ def test_lean_drafter_declines_other_layouts() -> None:
     from langchain_divconq.draft_model import LlamaInt8Drafter, ModuleDrafter, drafter_for
 
     mistral = transformers.MistralForCausalLM(
-        transformers.MistralConfig(
-            vocab_size=96,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            sliding_window=4,
-        )
+        transformers.MistralConfig(vocab_size=96, **TINY_SHAPE, sliding_window=4)
     ).eval()
     assert not LlamaInt8Drafter.fits(mistral)  # a sliding window is not reproduced
     assert isinstance(drafter_for(mistral), ModuleDrafter)

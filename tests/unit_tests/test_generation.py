@@ -12,6 +12,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from _tiny import tiny_llama  # noqa: E402
+
 from langchain_divconq import prompts  # noqa: E402
 from langchain_divconq.generation import (  # noqa: E402
     DraftKind,
@@ -38,18 +40,7 @@ def tokenizer() -> Any:
 
 
 def _tiny_llama(tokenizer: Any, seed: int, **extra: Any) -> Any:
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        eos_token_id=2,
-        **extra,
-    )
-    return transformers.LlamaForCausalLM(config).eval()
+    return tiny_llama(len(tokenizer), seed, eos_token_id=2, **extra)
 
 
 @pytest.fixture(scope="module")
@@ -135,18 +126,7 @@ def test_bad_draft_kind(tiny: Any) -> None:
 def test_speculation_accepts_drafts(tokenizer: Any) -> None:
     # With the blocks' outputs zeroed and tied embeddings, the model echoes its last
     # token forever: a continuation prompt lookup drafts perfectly once it repeats.
-    torch.manual_seed(1)
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-        eos_token_id=2,
-    )
-    echo = transformers.LlamaForCausalLM(config).eval()
+    echo = _tiny_llama(tokenizer, 1, tie_word_embeddings=True)
     with torch.no_grad():
         for layer in echo.model.layers:
             layer.self_attn.o_proj.weight.zero_()

@@ -10,6 +10,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 trl = pytest.importorskip("trl")
 
+from _tiny import tiny_llama  # noqa: E402
+
 
 def _examples() -> list[dict[str, Any]]:
     torch.manual_seed(0)
@@ -25,16 +27,7 @@ def test_sdpa_lets_concatenated_examples_attend_to_each_other() -> None:
     """The fact behind DistillConfig's padding_free check (transformers 5.24, sdpa)."""
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    torch.manual_seed(1)
-    config = transformers.LlamaConfig(
-        vocab_size=96,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    model = transformers.LlamaForCausalLM(config).eval()
+    model = tiny_llama(seed=1)
     examples = _examples()
     flat = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)(examples)
     assert "attention_mask" not in flat and flat["input_ids"].shape[0] == 1

@@ -38,21 +38,13 @@ def test_bad_settings() -> None:
 
 def test_shared_system_prompt_is_reused_with_identical_output() -> None:
     torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
+    from _tiny import tiny_llama
+
     from langchain_divconq.generation import generate_greedy
     from langchain_divconq.prompt_cache import prompt_cache_for
 
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=96,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        eos_token_id=None,
-    )
-    model = transformers.LlamaForCausalLM(config).eval()
+    model = tiny_llama(eos_token_id=None)
     system = list(range(10, 40))
     prompts = [[*system, 50 + i, 60 + i, 70 + i] for i in range(3)]
     store = prompt_cache_for(model)
