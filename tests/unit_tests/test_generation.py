@@ -17,13 +17,12 @@ from _tiny import tiny_llama  # noqa: E402
 from langchain_divconq import prompts  # noqa: E402
 from langchain_divconq.generation import (  # noqa: E402
     DraftKind,
-    DraftTuner,
-    _prompt_lookup,
     decomposer_stop,
     generate_greedy,
     stop_strings,
     text_stop_checker,
 )
+from langchain_divconq.speculation import DraftTuner, _prompt_lookup  # noqa: E402
 
 GSM8K = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k" / "test.jsonl"
 

@@ -66,9 +66,14 @@ def test_unknown_attribute_is_a_clear_error() -> None:
 
 
 def test_decoding_modules_pin_their_api() -> None:
-    from langchain_divconq import generation, prompt_cache
+    from langchain_divconq import generation, prompt_cache, speculation, stopping
 
     assert sorted(prompt_cache.__all__) == ["PromptCache", "prompt_cache_for"]
+    assert speculation.__all__ == ["DraftTuner"]
+    assert set(stopping.__all__) <= set(generation.__all__)  # re-exported for callers
     assert "generate_greedy" in generation.__all__ and "DraftKind" in generation.__all__
-    loaded = _modules_after("import langchain_divconq.generation, langchain_divconq.prompt_cache")
+    loaded = _modules_after(
+        "import langchain_divconq.generation, langchain_divconq.prompt_cache, "
+        "langchain_divconq.speculation"
+    )
     assert not [m for m in HEAVY if m in loaded]  # torch only once decoding starts
