@@ -313,6 +313,8 @@ def main() -> None:
 
     # ---- batched, interleaved
     batch = ids[:batch_n]
+    for p in batch:  # as at batch 1: no prompt finds itself in our prompt cache
+        store.forget(p)
     ref_b, base_bt = timed(args.device, lambda: plain_generate(model, batch, max_new, pad, eos))
     got_b, ours_bt = timed(
         args.device,
@@ -320,6 +322,14 @@ def main() -> None:
     )
     batch_tokens = sum(len(r) for r in ref_b)
     batch_same = sum(g.token_ids == r for g, r in zip(got_b, ref_b, strict=True))
+    # ours as one padded batch (what batches larger than rows_one_by_one_up_to run)
+    got_p, padded_bt = timed(
+        args.device,
+        lambda: generate_greedy(
+            model, batch, max_new_tokens=max_new, eos_token_ids=[eos], rows_one_by_one_up_to=0
+        ),
+    )
+    padded_same = sum(g.token_ids == r for g, r in zip(got_p, ref_b, strict=True))
 
     # ---- exactness on further prompts (not timed)
     extra = prompt_ids(tokenizer, max(n_prompts, batch_n) + 1 + args.check, args.data)
@@ -354,6 +364,8 @@ def main() -> None:
         "baseline_batch_tokens_per_s": round(batch_tokens / base_bt, 2),
         "batch_speedup": round(base_bt / ours_bt, 2),
         "identical_batched": f"{batch_same}/{batch_n}",
+        "batch_padded_tokens_per_s": round(batch_tokens / padded_bt, 2),
+        "identical_batch_padded": f"{padded_same}/{batch_n}",
         "peak_rss_mb_before_ours": round(rss_before),
         "peak_rss_mb": round(peak_rss_mb()),
         "first_call_s": round(first_call_s, 2),

@@ -158,18 +158,25 @@ def test_eos_ends_row_like_generate(tokenizer: Any, tiny: Any) -> None:
     assert got.finish_reason == "eos"
 
 
-def test_batch_matches_generate(tokenizer: Any, tiny: Any) -> None:
+@pytest.mark.parametrize("one_by_one_up_to", [0, 16])
+def test_batch_matches_generate(tokenizer: Any, tiny: Any, one_by_one_up_to: int) -> None:
     prompt_ids = [_prompt_ids(tokenizer, q) for q in _questions(4)]
     expected = _reference_batch(tiny, prompt_ids, 32)
-    got = generate_greedy(tiny, prompt_ids, max_new_tokens=32)
+    got = generate_greedy(
+        tiny, prompt_ids, max_new_tokens=32, rows_one_by_one_up_to=one_by_one_up_to
+    )
     assert [g.token_ids for g in got] == expected
+    padded = one_by_one_up_to == 0  # else each row decodes on its own, speculatively
+    assert all((g.forward_passes == len(g.token_ids)) == padded for g in got)
 
 
 def test_batch_rows_leave_at_their_own_eos(tokenizer: Any, tiny: Any) -> None:
     prompt_ids = [_prompt_ids(tokenizer, q) for q in _questions(3)]
     singles = [_reference(tiny, p, 30) for p in prompt_ids]
     eos = singles[0][4]
-    got = generate_greedy(tiny, prompt_ids, max_new_tokens=30, eos_token_ids=[eos])
+    got = generate_greedy(
+        tiny, prompt_ids, max_new_tokens=30, eos_token_ids=[eos], rows_one_by_one_up_to=0
+    )
     for row, single in zip(got, singles, strict=True):
         cut = single[: single.index(eos) + 1] if eos in single else single
         assert row.token_ids == cut
@@ -266,6 +273,8 @@ def test_bad_arguments(tiny: Any) -> None:
     with pytest.raises(ValueError, match="empty prompt"):
         generate_greedy(tiny, [[]], max_new_tokens=4)
     assert generate_greedy(tiny, [], max_new_tokens=4) == []
+    with pytest.raises(ValueError, match="rows_one_by_one_up_to"):
+        generate_greedy(tiny, [[1, 2]], max_new_tokens=4, rows_one_by_one_up_to=-1)
 
 
 @pytest.mark.slow
