@@ -158,7 +158,7 @@ def generate_greedy(
     pad_token_id: int | None = None,
     fast_cpu_matmuls: bool = True,
     prompt_cache: bool = True,
-    rows_one_by_one_up_to: int = 16,
+    rows_one_by_one_up_to: int = 4,
     static_cache: bool = False,
     compile: bool = False,
 ) -> list[GenerationResult]:
@@ -195,9 +195,9 @@ def generate_greedy(
             reordered copy of the weights).
         rows_one_by_one_up_to: With int8 drafts, batches of up to this many
             prompts decode one prompt at a time (each speculatively) instead of
-            as one padded batch; 0 always batches. On a 2-core CPU that was as
-            fast or faster at every size up to 32 (1.75x at 2 prompts, 1.65x at
-            8, even at 16-32); with many cores a padded batch may win sooner.
+            as one padded batch; 0 always batches. On a 2-core CPU that was
+            1.2-1.75x faster at 2-4 prompts and a wash at 8-32 (within +-10%,
+            either way); with many cores a padded batch may win sooner.
         prompt_cache: At batch 1, start from the cached keys and values of the
             longest prefix this model already ran in an earlier prompt (see
             :mod:`langchain_divconq.prompt_cache`).
