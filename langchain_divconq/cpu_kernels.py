@@ -39,7 +39,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-__all__ = ["fast_cpu_linears", "onednn_available"]
+__all__ = ["fast_cpu_linears", "forget_packed", "onednn_available"]
 
 _lock = threading.Lock()
 _active: dict[int, int] = {}
@@ -106,6 +106,22 @@ def _transposed_linear(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor
     if module.bias is not None:
         out = out + module.bias
     return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def forget_packed(model: torch.nn.Module) -> None:
+    """Drop the reordered weight copies of ``model``'s layers (rebuilt on next use).
+
+    Needed after in-place changes that torch does not count, such as
+    ``weight.data += delta`` (how peft merges a LoRA adapter).
+
+    Example:
+        >>> forget_packed(torch.nn.Linear(2, 2))
+
+    """
+    with _lock:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                _packed.pop(module, None)
 
 
 @contextlib.contextmanager

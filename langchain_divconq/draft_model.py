@@ -35,6 +35,7 @@ __all__ = [
     "LlamaInt8Drafter",
     "ModuleDrafter",
     "drafter_for",
+    "forget_drafts",
     "int8_draft",
     "supports_int8_draft",
 ]
@@ -105,10 +106,10 @@ _lock = threading.Lock()
 def int8_draft(model: Any) -> torch.nn.Module:
     """Return the int8 draft of ``model``, building it on first use (then cached per model).
 
-    The draft is built from the weights as they are on the first call. After
-    changing the weights in place (training), load a new model object to get a
-    fresh draft; a stale one never changes the output of speculative decoding,
-    only its speed.
+    The draft is built from the weights as they are on the first call.
+    :func:`~langchain_divconq.generation.generate_greedy` notices when the
+    weights change afterwards (training, merging an adapter) and rebuilds it; a
+    stale draft would never change the output anyway, only the speed.
 
     Args:
         model: A ``transformers`` causal LM on CPU.
@@ -395,3 +396,15 @@ def drafter_for(model: Any) -> Drafter:
         with _lock:
             drafter = _drafters.setdefault(model, built)
     return drafter
+
+
+def forget_drafts(model: Any) -> None:
+    """Drop the cached int8 copy and drafter of ``model`` (after its weights changed).
+
+    Example:
+        >>> forget_drafts(model)  # doctest: +SKIP
+
+    """
+    with _lock:
+        _drafts.pop(model, None)
+        _drafters.pop(model, None)

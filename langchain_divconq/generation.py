@@ -239,6 +239,7 @@ def generate_greedy(
         raise ValueError(msg)
     eos = _eos_set(model, eos_token_ids)
     device = next(model.parameters()).device
+    _forget_if_weights_changed(model)
     if rows_one_by_one_up_to < 0:
         msg = f"rows_one_by_one_up_to must be >= 0, got {rows_one_by_one_up_to}."
         raise ValueError(msg)
@@ -299,6 +300,43 @@ def generate_greedy(
                         model, cache, rows[0], device, stop, num_draft_tokens, max_ngram, tuner
                     )
     return [row.result() for row in rows]
+
+
+_fingerprints: Any = None  # weakref.WeakKeyDictionary[model, tensor], made on first use
+
+
+def _forget_if_weights_changed(model: Any) -> None:
+    """Drop what was derived from the weights if they changed since the last call.
+
+    That is the prompt cache, the int8 copy and the oneDNN weight copies. A
+    sample of every parameter (64 evenly spaced values) is compared, not the
+    version counters: ``weight.data += delta``, how peft merges an adapter, does
+    not bump them. About 2 ms per call for SmolLM2-135M.
+    """
+    import weakref
+
+    import torch
+
+    global _fingerprints
+    if _fingerprints is None:
+        _fingerprints = weakref.WeakKeyDictionary()
+    with torch.no_grad():
+        sample = [
+            p.detach().reshape(-1)[:: max(1, p.numel() // 64)].float().sum()
+            for p in model.parameters()
+        ]
+        now = torch.stack(sample).cpu() if sample else torch.zeros(0)
+    before = _fingerprints.get(model)
+    _fingerprints[model] = now
+    if before is None or (before.shape == now.shape and torch.equal(before, now)):
+        return
+    from langchain_divconq.cpu_kernels import forget_packed
+    from langchain_divconq.draft_model import forget_drafts
+    from langchain_divconq.prompt_cache import prompt_cache_for
+
+    prompt_cache_for(model).clear()
+    forget_drafts(model)
+    forget_packed(model)
 
 
 def _draft_kind(model: Any, draft: str, fixed_shapes: bool) -> DraftKind:

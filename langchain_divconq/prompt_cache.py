@@ -82,7 +82,7 @@ class PromptCache:
             self._entries = [e for e in self._entries if e[0] != tokens]
 
     def clear(self) -> None:
-        """Forget every entry (for example after the model's weights changed)."""
+        """Forget every entry (``generate_greedy`` does this when the weights change)."""
         with self._lock:
             self._entries.clear()
 

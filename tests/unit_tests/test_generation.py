@@ -332,3 +332,20 @@ def test_unmerged_peft_adapter_matches_generate(tokenizer: Any) -> None:
     assert got.token_ids == _reference(model, prompt, 24)
     got_batch = generate_greedy(model, [prompt, prompt[5:]], max_new_tokens=16)
     assert [g.token_ids for g in got_batch] == _reference_batch(model, [prompt, prompt[5:]], 16)
+
+
+def test_weights_changed_in_place_are_noticed(tokenizer: Any) -> None:
+    # peft merges an adapter with `weight.data += delta`, which torch's version
+    # counters miss; the prompt cache, int8 copy and oneDNN copies must not go stale.
+    model = _tiny_llama(tokenizer, 5)
+    prompts_ = [_prompt_ids(tokenizer, q) for q in _questions(2)]
+    for prompt in prompts_:
+        generate_greedy(model, [prompt], max_new_tokens=16)  # fills every cache
+    torch.manual_seed(9)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for linear in (layer.self_attn.q_proj, layer.mlp.up_proj):
+                linear.weight.data += 0.05 * torch.randn_like(linear.weight)
+    for prompt in prompts_:
+        [got] = generate_greedy(model, [prompt], max_new_tokens=16)
+        assert got.token_ids == _reference(model, prompt, 16)
