@@ -203,7 +203,10 @@ def main() -> None:
     model, tokenizer = load(args.weights, args.device, dtype, args.model_dir)
     eos = int(tokenizer.eos_token_id)
     pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
-    ids = prompt_ids(tokenizer, max(n_prompts, batch_n), args.data)
+    # Measured prompts, then one for the warm-up, then the --check ones: read once.
+    used = max(n_prompts, batch_n)
+    ids = prompt_ids(tokenizer, used + 1 + args.check, args.data)
+    ids, warm, extra = ids[:used], ids[used : used + 1], ids[used + 1 :]
     print(
         f"device={args.device} weights={args.weights} dtype={dtype} threads="
         f"{torch.get_num_threads()} prompts={n_prompts} max_new_tokens={max_new} batch={batch_n}"
@@ -213,7 +216,6 @@ def main() -> None:
     # not measured. It leaves the shared system prompt in our prompt cache, as any
     # earlier request would; each measured prompt is dropped from that cache before
     # each of our runs, so no run finds its own prompt there.
-    warm = prompt_ids(tokenizer, max(n_prompts, batch_n) + 1, args.data)[-1:]
     plain_generate(model, warm, 4, pad, eos)
     rss_before = peak_rss_mb()
     draft_build_s = None
@@ -332,8 +334,6 @@ def main() -> None:
     padded_same = sum(g.token_ids == r for g, r in zip(got_p, ref_b, strict=True))
 
     # ---- exactness on further prompts (not timed)
-    extra = prompt_ids(tokenizer, max(n_prompts, batch_n) + 1 + args.check, args.data)
-    extra = extra[max(n_prompts, batch_n) + 1 :]
     extra_same = 0
     for p in extra:
         ref = plain_generate(model, [p], max_new, pad, eos)[0]

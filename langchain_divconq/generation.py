@@ -47,6 +47,9 @@ compare token for token too). bf16 rounds far more coarsely: the same model in b
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -168,7 +171,8 @@ def generate_greedy(
     (``draft="int8"``, see :mod:`langchain_divconq.draft_model`) or from n-grams of
     the text (``draft="lookup"``), and the model keeps only the draft tokens it
     would have picked itself. Several prompts decode as one left-padded batch, each
-    row leaving the batch when it ends.
+    row leaving the batch when it ends, except that with int8 drafts up to
+    ``rows_one_by_one_up_to`` prompts decode one after another, each speculatively.
 
     Args:
         model: A causal LM (``transformers`` ``PreTrainedModel`` or a ``peft`` wrapper).
@@ -225,7 +229,8 @@ def generate_greedy(
         _tuner_for,
     )
 
-    kind = _draft_kind(model, draft, static_cache or compile)
+    fixed_shapes = static_cache or compile
+    kind = _draft_kind(model, draft, fixed_shapes)
     if num_draft_tokens is None:
         num_draft_tokens = 32 if kind == "int8" else 4
     _check_args(max_new_tokens, num_draft_tokens, max_ngram)
@@ -239,30 +244,22 @@ def generate_greedy(
         raise ValueError(msg)
     eos = _eos_set(model, eos_token_ids)
     device = next(model.parameters()).device
-    _forget_if_weights_changed(model)
     if rows_one_by_one_up_to < 0:
         msg = f"rows_one_by_one_up_to must be >= 0, got {rows_one_by_one_up_to}."
         raise ValueError(msg)
+    _forget_if_weights_changed(model)
     speculative = kind == "int8" and num_draft_tokens > 0
-    one_by_one = len(input_ids_batch) > 1 and speculative
-    if one_by_one and len(input_ids_batch) <= rows_one_by_one_up_to:
-        single: dict[str, Any] = {
-            "max_new_tokens": max_new_tokens,
-            "eos_token_ids": sorted(eos),
-            "stop_checker": stop_checker,
-            "draft": kind,
-            "num_draft_tokens": num_draft_tokens,
-            "max_ngram": max_ngram,
-            "adaptive_draft": adaptive_draft,
-            "fast_cpu_matmuls": fast_cpu_matmuls,
-            "prompt_cache": prompt_cache,
-        }
-        return [generate_greedy(model, [p], **single)[0] for p in input_ids_batch]
+    one_by_one = len(input_ids_batch) == 1 or (
+        speculative and len(input_ids_batch) <= rows_one_by_one_up_to
+    )
     drafter = None
-    if len(input_ids_batch) == 1 and speculative:
+    if one_by_one and speculative:
         from langchain_divconq.draft_model import drafter_for
 
         drafter = drafter_for(model)  # built before the matmul patch below touches the model
+    tuner = None
+    if drafter is None and adaptive_draft and num_draft_tokens > 2 and not fixed_shapes:
+        tuner = _tuner_for(model, num_draft_tokens)
     patch: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     if fast_cpu_matmuls and device.type == "cpu":
         from langchain_divconq.cpu_kernels import fast_cpu_linears
@@ -271,38 +268,32 @@ def generate_greedy(
     rows = [_Row(p) for p in input_ids_batch]
     stop = _Stop(eos, max_new_tokens, stop_checker)
     with torch.inference_mode(), patch:
-        if len(rows) > 1:
+        if not one_by_one:
             pad = pad_token_id if pad_token_id is not None else min(eos, default=0)
             _decode_batch(model, rows, device, stop, pad)
-        elif static_cache or compile:
-            _speculate_static(
-                model,
-                rows[0],
-                device,
-                stop,
-                num_draft_tokens,
-                max_ngram,
-                compile and device.type == "cuda",
-            )
         else:
-            cache, logits = _prefill(model, rows[0], device, prompt_cache)
-            if not rows[0].push(int(logits[0, -1].argmax()), stop):
+            for row in rows:
+                if fixed_shapes:
+                    cuda_graphs = compile and device.type == "cuda"
+                    _speculate_static(
+                        model, row, device, stop, num_draft_tokens, max_ngram, cuda_graphs
+                    )
+                    continue
+                cache, logits = _prefill(model, row, device, prompt_cache)
+                if row.push(int(logits[0, -1].argmax()), stop):
+                    continue
                 if drafter is not None:
                     _speculate_drafted(
-                        model, drafter, cache, rows[0], device, stop, num_draft_tokens,
-                        max_ngram, adaptive_draft,
+                        model, drafter, cache, row, device, stop, num_draft_tokens, max_ngram,
+                        adaptive_draft,
                     )  # fmt: skip
                 else:
-                    tuner = None
-                    if adaptive_draft and num_draft_tokens > 2:
-                        tuner = _tuner_for(model, num_draft_tokens)
-                    _speculate(
-                        model, cache, rows[0], device, stop, num_draft_tokens, max_ngram, tuner
-                    )
+                    _speculate(model, cache, row, device, stop, num_draft_tokens, max_ngram, tuner)
     return [row.result() for row in rows]
 
 
-_fingerprints: Any = None  # weakref.WeakKeyDictionary[model, tensor], made on first use
+_fingerprints: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+"""The last weight sample of each model (see :func:`_forget_if_weights_changed`)."""
 
 
 def _forget_if_weights_changed(model: Any) -> None:
@@ -313,13 +304,8 @@ def _forget_if_weights_changed(model: Any) -> None:
     version counters: ``weight.data += delta``, how peft merges an adapter, does
     not bump them. About 2 ms per call for SmolLM2-135M.
     """
-    import weakref
-
     import torch
 
-    global _fingerprints
-    if _fingerprints is None:
-        _fingerprints = weakref.WeakKeyDictionary()
     with torch.no_grad():
         sample = [
             p.detach().reshape(-1)[:: max(1, p.numel() // 64)].float().sum()
@@ -369,10 +355,14 @@ def _eos_set(model: Any, eos_token_ids: Sequence[int] | int | None) -> frozenset
 
 def _cache_kwarg(model: Any) -> str:
     """Name of the forward argument that takes the KV cache (renamed in transformers 5.2x)."""
-    import inspect
-
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    params = inspect.signature(type(base).forward).parameters
+    return _cache_kwarg_of(base.__class__)
+
+
+@functools.lru_cache(maxsize=64)
+def _cache_kwarg_of(model_class: Any) -> str:
+    # Cached per class: verify passes ask on every step, and inspecting a signature is slow.
+    params = inspect.signature(model_class.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 

@@ -14,6 +14,7 @@ in one pass (:func:`_verify`) and keeps the ones greedy decoding would pick.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -108,8 +109,8 @@ def _tuner_for(model: Any, num_draft: int) -> DraftTuner:
 class _RunLength:
     """How many tokens the int8 drafter writes before the model checks them.
 
-    Its drafts are nearly always right (every one of 234 tokens on 8 GSM8K
-    prompts with the shipped decomposer), and each verify pass has a fixed cost,
+    Its drafts are nearly always right (2 rejections in 19 verify passes over 12
+    GSM8K prompts with the shipped decomposer), and each verify pass has a fixed cost,
     so runs start long; a rejection shortens the next run to about twice the
     accepted stretch and full acceptance doubles it again, up to the cap.
     """
@@ -226,26 +227,22 @@ def _draft_run(
         if ok < len(guess):
             cache.crop(ok - len(guess))
         added += ok + 1
-        draft.extend(int(t) for t in best[: ok + 1])
-        hit = [i for i, t in enumerate(draft) if t in stop.eos]
-        if hit:
-            return draft[: hit[0] + 1], added
+        for token in best[: ok + 1]:
+            draft.append(int(token))
+            if token in stop.eos:
+                return draft, added
         if stop.checker is not None and stop.checker(row.new + draft):
             break  # the row would end inside this run; drafting on is wasted work
     return draft[:budget], added
 
 
-_compiled: Any = None  # weakref.WeakKeyDictionary[model, compiled forward], made on first use
+_compiled: weakref.WeakKeyDictionary[Any, Callable[..., Any]] = weakref.WeakKeyDictionary()
+"""Each model's compiled ``forward`` (CUDA graphs), made on first use."""
 
 
 def _compiled_forward(model: Any) -> Callable[..., Any]:
-    import weakref
-
     import torch
 
-    global _compiled
-    if _compiled is None:
-        _compiled = weakref.WeakKeyDictionary()
     if model not in _compiled:
         _compiled[model] = torch.compile(model.forward, mode="reduce-overhead", fullgraph=False)
     forward: Callable[..., Any] = _compiled[model]
