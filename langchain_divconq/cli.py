@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from importlib import import_module
 
-__all__ = ["add_model_arguments", "main"]
+__all__ = ["add_data_dir_argument", "add_model_arguments", "main"]
 
 _COMMAND_MODULES: list[str] = [
     # one entry per module that defines register_cli(subparsers)
@@ -23,6 +23,16 @@ _COMMAND_MODULES: list[str] = [
     "langchain_divconq.collect",
     "langchain_divconq.training.commands",
 ]
+
+
+def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:
+    """Add the ``--data-dir`` flag of the commands that read task data."""
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="data root (default: $DIVCONQ_DATA or ../shared/data); "
+        "'hub' downloads GSM8K from the HF hub once",
+    )
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

@@ -207,7 +207,7 @@ def _import(args: argparse.Namespace) -> int:
 
 def register_cli(subparsers: Any) -> None:
     """Add the ``collect`` and ``import`` sub-commands to the ``divconq`` parser."""
-    from langchain_divconq.cli import add_model_arguments
+    from langchain_divconq.cli import add_data_dir_argument, add_model_arguments
 
     parser = subparsers.add_parser(
         "collect",
@@ -225,12 +225,7 @@ def register_cli(subparsers: Any) -> None:
         "--concurrency", type=int, default=8, help="questions per batch / parallel calls"
     )
     parser.add_argument("--tag", action="append", help="extra tag on every run (repeatable)")
-    parser.add_argument(
-        "--data-dir",
-        default=None,
-        help="data root (default: $DIVCONQ_DATA or ../shared/data); "
-        "'hub' downloads GSM8K from the HF hub once",
-    )
+    add_data_dir_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_model_arguments(parser)
     parser.set_defaults(handler=_collect)

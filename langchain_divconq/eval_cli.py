@@ -24,7 +24,7 @@ __all__ = ["register_cli"]
 
 def register_cli(subparsers: Any) -> None:
     """Add the ``eval`` sub-command to the ``divconq`` parser."""
-    from langchain_divconq.cli import add_model_arguments
+    from langchain_divconq.cli import add_data_dir_argument, add_model_arguments
 
     parser = subparsers.add_parser(
         "eval",
@@ -45,12 +45,7 @@ def register_cli(subparsers: Any) -> None:
         "--batch-size", type=int, default=None, help="questions per batch (default: concurrency)"
     )
     parser.add_argument("--out", default="results/eval", help="output folder (resumable)")
-    parser.add_argument(
-        "--data-dir",
-        default=None,
-        help="data root (default: $DIVCONQ_DATA or ../shared/data); "
-        "'hub' downloads GSM8K from the HF hub once",
-    )
+    add_data_dir_argument(parser)
     parser.add_argument("--name", default=None, help="configuration name in the report")
     parser.add_argument(
         "--single-stage",
