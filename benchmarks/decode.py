@@ -24,9 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-from langchain_divconq import prompts
 from langchain_divconq.draft_model import drafter_for, supports_int8_draft
 from langchain_divconq.embedded import embedded_model_path
 from langchain_divconq.generation import (
@@ -36,6 +33,9 @@ from langchain_divconq.generation import (
 )
 from langchain_divconq.prompt_cache import prompt_cache_for
 from langchain_divconq.speculation import _prompt_lookup
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from langchain_divconq import prompts
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
 

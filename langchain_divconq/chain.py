@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from langchain_divconq.prompts import (
     DEFAULT_MAX_SUB_QUESTIONS,
+    NODE_METADATA_KEY,
     decomposer_messages,
     extract_answer,
     message_text,
@@ -42,13 +43,6 @@ __all__ = [
     "create_divconq_chain",
     "create_single_stage_chain",
 ]
-
-NODE_METADATA_KEY = "divconq_node"
-"""Metadata key naming the node a run belongs to: ``chain``, ``decomposer`` or ``solver``.
-
-Callbacks (such as :class:`~langchain_divconq.tracing.TraceRecorder`) read it to
-find the chain's root run even when the chain is nested in an agent.
-"""
 
 
 class DivConqInput(BaseModel):

@@ -21,6 +21,7 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 __all__ = [
     "ANSWER_MARKER",
     "DEFAULT_MAX_SUB_QUESTIONS",
+    "NODE_METADATA_KEY",
     "NO_DECOMPOSITION",
     "decomposer_messages",
     "extract_answer",
@@ -30,6 +31,14 @@ __all__ = [
     "single_stage_messages",
     "solver_messages",
 ]
+
+NODE_METADATA_KEY = "divconq_node"
+"""Metadata key naming the node a run belongs to: ``chain``, ``decomposer`` or ``solver``.
+
+The chain sets it, and callbacks (such as :class:`~langchain_divconq.tracing.TraceRecorder`)
+read it to find the chain's root run even when the chain is nested in an agent.
+"""
+
 
 DEFAULT_MAX_SUB_QUESTIONS = 3
 """The paper's default plan size; 2 suits Bamboogle-style two-hop questions."""

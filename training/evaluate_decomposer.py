@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from langchain_divconq.quality import decomposition_quality
+
 from langchain_divconq.local import DEFAULT_ADAPTER_DIR, load_decomposer
 from langchain_divconq.prompts import decomposer_messages, message_text, parse_sub_questions
-from langchain_divconq.quality import decomposition_quality
 from langchain_divconq.tasks import load_task
 
 ROOT = Path(__file__).resolve().parents[1]

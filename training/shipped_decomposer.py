@@ -19,6 +19,7 @@ from pathlib import Path
 
 from langchain_divconq.interop import import_gsm8k_socratic
 from langchain_divconq.trace import Trace
+
 from langchain_divconq.training import DistillConfig, build_dataset, distill
 from langchain_divconq.training.config import add_config_arguments, config_from_args
 

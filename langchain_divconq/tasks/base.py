@@ -9,7 +9,6 @@ documented on each task class.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from langchain_divconq import jsonl
 from langchain_divconq.prompts import extract_answer
 
 __all__ = ["DATA_ENV_VAR", "Example", "Task", "read_jsonl", "resolve_data_dir"]
@@ -81,22 +81,15 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Yield the JSON objects of a JSONL file, skipping blank lines."""
+    """Yield the JSON objects of a task data file (see :mod:`langchain_divconq.jsonl`)."""
     if not path.is_file():
         msg = (
             f"Data file not found: {path}. Check that the data root holds the task folder "
             f"(see --data-dir / {DATA_ENV_VAR})."
         )
         raise FileNotFoundError(msg)
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as exc:
-                msg = f"{path}:{number} is not valid JSON ({exc.msg}); the file may be truncated."
-                raise ValueError(msg) from exc
+    for _, row in jsonl.read_jsonl(path):
+        yield row
 
 
 class Task(BaseModel):

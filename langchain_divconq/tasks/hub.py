@@ -7,11 +7,11 @@ loading path and an offline copy after the first download.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from langchain_divconq.embedded import cache_dir
+from langchain_divconq.jsonl import write_jsonl
+from langchain_divconq.local.embedded import cache_dir
 
 __all__ = ["HUB_SOURCES", "default_hub_data_dir", "download_task_data"]
 
@@ -62,9 +62,6 @@ def download_task_data(name: str, data_dir: str | Path | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for hub_id, config, split, filename in missing:
         rows: Any = load_dataset(hub_id, config, split=split)
-        tmp = folder / f".{filename}.part"
-        with tmp.open("w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(dict(row), ensure_ascii=False) + "\n")
-        tmp.replace(folder / filename)  # whole files only: an interrupted download is redone
+        # Whole files only: an interrupted download is redone.
+        write_jsonl(folder / filename, (dict(row) for row in rows))
     return root

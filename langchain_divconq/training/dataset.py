@@ -33,7 +33,7 @@ from langchain_divconq.prompts import (
     format_sub_questions,
     solver_messages,
 )
-from langchain_divconq.trace import Trace
+from langchain_divconq.tracing.trace import Trace
 
 if TYPE_CHECKING:
     from datasets import DatasetDict

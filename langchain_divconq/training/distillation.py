@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from langchain_divconq.jsonl import JsonlAppender
 from langchain_divconq.training.config import DistillConfig
 from langchain_divconq.training.dataset import dataset_hash
 
@@ -155,8 +156,7 @@ def _log_callback(path: Path) -> Any:
             if not logs or not state.is_world_process_zero:
                 return
             record = {"step": state.global_step, "time": round(time.time(), 1), **logs}
-            with path.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
+            JsonlAppender(path).append_json([record])
             if "eval_loss" in logs:
                 logger.warning(
                     "epoch %.2f step %d: eval_loss %.4f",
@@ -210,7 +210,7 @@ def distill(config: DistillConfig, dataset: Dataset | DatasetDict) -> Path:
         msg = "distill needs the 'train' extra: pip install 'langchain-divconq[train]'."
         raise ImportError(msg) from exc
 
-    from langchain_divconq.embedded import EMBEDDED_HUB_ID, resolve_base_model
+    from langchain_divconq.local.embedded import EMBEDDED_HUB_ID, resolve_base_model
 
     train, val = _splits(dataset)
     device, bf16 = _resolve_device(config)

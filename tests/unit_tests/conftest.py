@@ -39,7 +39,7 @@ def build_tiny_model_and_tokenizer() -> tuple[Any, Any]:
     """Build (once per process) the tiny random Llama and the real SmolLM2 tokenizer."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from langchain_divconq.embedded import embedded_model_path
+    from langchain_divconq.local.embedded import embedded_model_path
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(embedded_model_path())
     config = transformers.LlamaConfig(

@@ -39,12 +39,14 @@ def _modules_after(code: str) -> set[str]:
 def test_import_package_does_not_import_heavy_libraries() -> None:
     loaded = _modules_after("import langchain_divconq")
     assert not [m for m in HEAVY if m in loaded]
-    assert "langchain_divconq.local" not in loaded
+    assert "langchain_divconq.local.chat_model" not in loaded
 
 
 def test_import_cli_and_local_module_stay_light() -> None:
     # local.py imports torch lazily, inside the functions that need it.
-    loaded = _modules_after("import langchain_divconq.cli, langchain_divconq.local")
+    loaded = _modules_after(
+        "import langchain_divconq.cli.router, langchain_divconq.local.chat_model"
+    )
     assert not [m for m in HEAVY if m in loaded]
 
 
@@ -73,7 +75,7 @@ def test_decoding_modules_pin_their_api() -> None:
     assert set(stopping.__all__) <= set(generation.__all__)  # re-exported for callers
     assert "generate_greedy" in generation.__all__ and "DraftKind" in generation.__all__
     loaded = _modules_after(
-        "import langchain_divconq.generation, langchain_divconq.prompt_cache, "
-        "langchain_divconq.speculation"
+        "import langchain_divconq.local.engine.generation, "
+        "langchain_divconq.local.engine.prompt_cache, langchain_divconq.local.engine.speculation"
     )
     assert not [m for m in HEAVY if m in loaded]  # torch only once decoding starts

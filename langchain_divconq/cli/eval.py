@@ -1,0 +1,158 @@
+"""The ``divconq eval`` command: evaluate a configuration on tasks and update the report.
+
+Example:
+    .. code-block:: bash
+
+        divconq eval --task gsm8k --split test --limit 50 --out results/local --solver local
+        divconq eval --task gsm8k --limit 50 --out results/local --solver local --single-stage cot
+
+Both calls write into ``results/local``; its ``table.md``, ``results.json`` and
+``plot.png`` then compare the two configurations. Re-running a command resumes:
+questions already answered are read back from ``runs/<config>/<task>-<split>.jsonl``.
+
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from langchain_divconq.cli.args import add_data_dir_argument, add_model_arguments, build_chain
+
+__all__ = ["register_cli"]
+
+
+def register_cli(subparsers: Any) -> None:
+    """Add the ``eval`` sub-command to the ``divconq`` parser."""
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate a decomposer/solver configuration on tasks (accuracy, tokens, cost)",
+        description="Evaluate one configuration on one or more tasks; writes per-question "
+        "records, results.json, table.md and plot.png into --out (resumable).",
+    )
+    parser.add_argument(
+        "--task",
+        action="append",
+        required=True,
+        help="gsm8k, drop, bamboogle, svamp, multiarith or strategyqa; repeat or comma-separate",
+    )
+    parser.add_argument("--split", default=None, help="split (default: test, or dev if none)")
+    parser.add_argument("--limit", type=int, default=None, help="first N examples of each task")
+    parser.add_argument("--concurrency", type=int, default=8, help="parallel model calls")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="questions per batch (default: concurrency)"
+    )
+    parser.add_argument("--out", default="results/eval", help="output folder (resumable)")
+    add_data_dir_argument(parser)
+    parser.add_argument("--name", default=None, help="configuration name in the report")
+    parser.add_argument(
+        "--single-stage",
+        choices=("direct", "cot"),
+        default=None,
+        help="evaluate the solver alone: direct answer or chain of thought (no decomposer)",
+    )
+    parser.add_argument(
+        "--prices", default=None, help='JSON price file: {"model": {"input": 0.5, "output": 1.5}}'
+    )
+    parser.add_argument(
+        "--price-local-per-billion",
+        type=float,
+        default=None,
+        help="price local models at this USD per 1M tokens per 1B parameters (default: free)",
+    )
+    parser.add_argument(
+        "--quality",
+        action="store_true",
+        help="also score the run's sub-questions against gold ones (gsm8k, strategyqa)",
+    )
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=512,
+        help="generation budget of the solver (tokens per answer)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_model_arguments(parser)
+    parser.set_defaults(handler=_run)
+
+
+def _labels(args: argparse.Namespace, chain: Any) -> tuple[str, str]:
+    from langchain_divconq.model_specs import default_solver_spec
+
+    solver = args.solver or ("server" if args.solver_base_url else default_solver_spec())
+    solver = "SmolLM2-135M (local)" if solver == "local" else solver
+    if args.single_stage:
+        return f"- (single-stage {args.single_stage})", solver
+    decomposer = "SmolLM2-135M" if args.decomposer in (None, "", "default") else args.decomposer
+    adapter = str(args.adapter or "none")
+    if args.decomposer.startswith("openai:") or args.decomposer_base_url:
+        return decomposer, solver
+    if adapter.lower() == "none":
+        return f"{decomposer} (base)", solver
+    if adapter == "default":
+        # load_decomposer falls back to the base model while no adapter ships; say which ran.
+        name = str(getattr(getattr(chain, "decomposer", None), "model_name", ""))
+        if "+" in name:
+            return f"{decomposer} + shipped adapter", solver
+        return f"{decomposer} (base: no shipped adapter)", solver
+    return f"{decomposer} + {Path(adapter).name}", solver
+
+
+def _run(args: argparse.Namespace) -> int:
+    from langchain_divconq.evaluation.evaluator import evaluate
+    from langchain_divconq.evaluation.pricing import PriceTable
+    from langchain_divconq.evaluation.quality import quality_from_outputs
+    from langchain_divconq.evaluation.report import run_paths, save_summary, write_report
+    from langchain_divconq.tasks import load_task
+
+    if args.limit is not None and args.limit < 1:
+        msg = f"--limit must be at least 1, got {args.limit}."
+        raise ValueError(msg)
+    names = [n.strip() for value in args.task for n in value.split(",") if n.strip()]
+    tasks = [load_task(n, split=args.split, data_dir=args.data_dir) for n in names]
+    prices = PriceTable.from_json(args.prices) if args.prices else PriceTable()
+    if args.price_local_per_billion is not None:
+        prices = prices.model_copy(
+            update={"usd_per_million_per_billion_params": args.price_local_per_billion}
+        )
+    chain = build_chain(args, single_stage=args.single_stage, max_tokens=args.max_tokens)
+    decomposer_label, solver_label = _labels(args, chain)
+    name = args.name or f"{decomposer_label} / {solver_label}"
+    out = Path(args.out)
+    for task in tasks:
+        records_path, _ = run_paths(out, name, task.name, task.split)
+        result = evaluate(
+            chain,
+            task,
+            limit=args.limit,
+            max_concurrency=args.concurrency,
+            batch_size=args.batch_size,
+            name=name,
+            decomposer=decomposer_label,
+            solver=solver_label,
+            prices=prices,
+            records_path=records_path,
+            progress=not args.no_progress,
+        )
+        save_summary(result, out)
+        cost = result.total_cost_usd
+        print(
+            f"{name} | {task.name} {task.split}: {result.metric} {100 * result.accuracy:.2f}% "
+            f"(n={result.n}, failures={result.failures}, cost "
+            f"{'n/a' if cost is None else f'${cost:.4f}'}, p50 {result.latency_p50_s or 0:.2f}s)"
+        )
+        if args.quality and not args.single_stage and any(e.sub_questions for e in task.examples):
+            # Score the decompositions this run already produced: no second model pass.
+            texts = {r.id: r.decomposition for r in result.records if r.error is None}
+            quality = quality_from_outputs(task, texts, max_sub_questions=args.max_sub_questions)
+            path = out / "quality" / records_path.parent.name / f"{task.name}-{task.split}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(quality.model_dump_json(indent=2), encoding="utf-8")
+            summary = quality.model_dump(exclude={"records"})
+            print("decomposition quality: " + json.dumps(summary))
+    written = write_report(out)
+    for kind, path in written.items():
+        print(f"{kind}: {path}")
+    return 0

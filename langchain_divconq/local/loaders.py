@@ -1,0 +1,150 @@
+"""Loaders: a base model (embedded, a folder or a hub id) plus an optional LoRA adapter.
+
+torch, transformers and peft are imported inside the functions, so importing this
+module stays cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from langchain_divconq.local.chat_model import LOCAL_EXTRA, ChatLocalModel, require_local
+from langchain_divconq.prompts import DEFAULT_MAX_SUB_QUESTIONS
+
+__all__ = ["DEFAULT_ADAPTER_DIR", "load_decomposer", "load_local_model"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ADAPTER_DIR = Path(__file__).parent / "adapters" / "gsm8k-decomposer"
+"""The packaged distilled decomposer adapter."""
+
+
+def _check_path_arg(value: object, name: str) -> None:
+    if value is not None and not isinstance(value, str | Path):
+        msg = f"{name} must be a str, a Path or None; received {type(value).__name__}."
+        raise TypeError(msg)
+
+
+def load_local_model(
+    base: str | Path | None = None,
+    adapter: str | Path | None = None,
+    *,
+    device: str | None = None,
+    dtype: Any = None,
+    merge_adapter: bool = True,
+    **chat_kwargs: Any,
+) -> ChatLocalModel:
+    """Load a causal LM (and optionally a LoRA adapter) as a :class:`ChatLocalModel`.
+
+    Args:
+        base: None or ``"default"`` for the embedded SmolLM2-135M-Instruct, a folder
+            written by ``save_pretrained``, or a hub id (needs internet).
+        adapter: None for the base model alone, or a peft adapter folder.
+        device: ``cpu``, ``cuda``...; default cuda when available, else cpu.
+        dtype: A torch dtype or its name; default float32 on CPU, bfloat16 on CUDA.
+        merge_adapter: Merge the adapter into the weights (faster inference).
+        **chat_kwargs: Fields of :class:`ChatLocalModel` (``max_tokens``, ``stop``...).
+
+    Example:
+        >>> llm = load_local_model(max_tokens=16)
+        >>> llm.model_name
+        'SmolLM2-135M-Instruct.Q4_1-98362432'
+
+    """
+    _check_path_arg(base, "base")
+    _check_path_arg(adapter, "adapter")
+    torch = require_local()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from langchain_divconq.local.embedded import resolve_base_model
+
+    adapter_dir = None
+    if adapter is not None:
+        adapter_dir = Path(adapter).expanduser()
+        if not (adapter_dir / "adapter_config.json").is_file():
+            msg = (
+                f"Adapter folder {str(adapter)!r} not found or has no adapter_config.json. "
+                "Pass a folder written by a peft model's save_pretrained (e.g. the output of "
+                "`divconq distill`), or adapter=None to use the base model alone."
+            )
+            raise ValueError(msg)
+    path = resolve_base_model(base)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if dtype is None:
+        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    elif isinstance(dtype, str):
+        dtype = getattr(torch, dtype.removeprefix("torch."), None)
+        if not isinstance(dtype, torch.dtype):
+            msg = f"Unknown dtype {dtype!r}; use e.g. 'float32', 'bfloat16' or 'float16'."
+            raise ValueError(msg)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except OSError as exc:
+        msg = (
+            f"Could not load base model {base!r} (resolved to {path!r}): {exc}. Pass None for "
+            "the embedded SmolLM2, a folder written by save_pretrained, or a hub id (needs "
+            "internet)."
+        )
+        raise ValueError(msg) from exc
+    name = Path(path).name if Path(path).exists() else path
+    if adapter_dir is not None:
+        try:
+            from peft import PeftModel
+        except ImportError as exc:
+            msg = f"Loading a LoRA adapter needs peft: {LOCAL_EXTRA}."
+            raise ImportError(msg) from exc
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+        if merge_adapter:
+            model = model.merge_and_unload()
+        name = f"{name}+{adapter_dir.name}"
+    model.to(device)
+    model.eval()
+    chat_kwargs.setdefault("model_name", name)
+    chat_kwargs.setdefault("fast_decoding", True)
+    return ChatLocalModel(model=model, tokenizer=tokenizer, **chat_kwargs)
+
+
+def load_decomposer(
+    base: str | Path | None = None,
+    adapter: str | Path | None = "default",
+    *,
+    device: str | None = None,
+    dtype: Any = None,
+    max_sub_questions: int = DEFAULT_MAX_SUB_QUESTIONS,
+    **chat_kwargs: Any,
+) -> ChatLocalModel:
+    """Load the local decomposer: a base model plus (by default) the packaged distilled adapter.
+
+    Args:
+        base: As in :func:`load_local_model` (None = the embedded SmolLM2).
+        adapter: ``"default"`` for the packaged adapter (the base model alone until
+            one ships), None for the base model alone, or a peft adapter folder.
+        device: As in :func:`load_local_model`.
+        dtype: As in :func:`load_local_model`.
+        max_sub_questions: Generation stops once this many lines plus one (room for a
+            preamble line) are complete, since the parser keeps at most this many.
+        **chat_kwargs: Fields of :class:`ChatLocalModel`; defaults: greedy,
+            ``max_tokens=128``.
+
+    Example:
+        >>> decomposer = load_decomposer(adapter=None)
+        >>> decomposer.max_lines
+        4
+
+    """
+    if isinstance(adapter, str) and adapter == "default":
+        if (DEFAULT_ADAPTER_DIR / "adapter_config.json").is_file():
+            adapter = DEFAULT_ADAPTER_DIR
+        else:
+            logger.info(
+                "No packaged decomposer adapter in %s yet; using the base model alone.",
+                DEFAULT_ADAPTER_DIR,
+            )
+            adapter = None
+    chat_kwargs.setdefault("max_tokens", 128)
+    chat_kwargs.setdefault("temperature", 0.0)
+    chat_kwargs.setdefault("max_lines", max_sub_questions + 1)
+    return load_local_model(base, adapter, device=device, dtype=dtype, **chat_kwargs)

@@ -1,0 +1,311 @@
+"""An asyncio micro-batcher: concurrent chat requests share one ``model.batch`` call.
+
+A local model spends most of a decoding step on fixed overhead, so generating for
+32 prompts at once costs little more than for one. :class:`RequestBatcher` turns
+many concurrent requests (for example from ``divconq serve``) into few batched
+calls: it waits a few milliseconds after the first request for others to arrive,
+keeps collecting while a batch is running, then runs ``model.batch`` for each
+group of requests that share generation parameters, in a worker thread so the
+event loop stays responsive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage
+from langchain_core.runnables import RunnableConfig
+
+__all__ = [
+    "BatcherClosedError",
+    "BatcherStats",
+    "QueueFullError",
+    "RequestBatcher",
+    "RequestParams",
+]
+
+logger = logging.getLogger(__name__)
+
+_MAX_VARIANTS = 64
+
+
+class QueueFullError(RuntimeError):
+    """Raised by :meth:`RequestBatcher.submit` when ``max_queue`` requests are already waiting."""
+
+
+class BatcherClosedError(RuntimeError):
+    """Raised for requests that arrive, or are still waiting, when the batcher shuts down."""
+
+
+@dataclass(frozen=True)
+class RequestParams:
+    """Per-request generation settings; requests are batched only with equal settings.
+
+    ``None`` keeps the model's own setting.
+    """
+
+    temperature: float | None = None
+    """Sampling temperature (0 means greedy)."""
+
+    max_tokens: int | None = None
+    """The most new tokens to generate."""
+
+    stop: tuple[str, ...] = ()
+    """Strings that end the generation."""
+
+
+@dataclass
+class BatcherStats:
+    """Counters that show how well requests were batched."""
+
+    requests: int = 0
+    """Requests answered through :meth:`RequestBatcher.submit` (successes and failures)."""
+
+    batches: int = 0
+    """``model.batch`` calls made."""
+
+    largest_batch: int = 0
+    """The most requests served by one ``model.batch`` call."""
+
+    rejected: int = 0
+    """Requests refused because the queue was full."""
+
+    streams: int = 0
+    """Streaming requests served through :meth:`RequestBatcher.exclusive`."""
+
+    batch_sizes: dict[int, int] = field(default_factory=dict)
+    """How many batches had each size."""
+
+
+@dataclass
+class _Item:
+    messages: list[BaseMessage]
+    params: RequestParams
+    future: asyncio.Future[BaseMessage]
+
+
+class RequestBatcher:
+    """Collect concurrent chat requests and answer them with shared ``model.batch`` calls.
+
+    Args:
+        model: The chat model; its ``batch`` is called with up to ``max_batch`` prompts.
+        max_batch: The most requests put into one ``model.batch`` call.
+        max_queue: The most requests admitted at once (waiting, running or streaming);
+            beyond it :meth:`submit` raises :class:`QueueFullError`.
+        max_wait_s: How long to wait after the first request for others to join it.
+        config: The ``RunnableConfig`` passed to every ``model.batch`` call.
+
+    Example:
+        .. code-block:: python
+
+            batcher = RequestBatcher(model, max_batch=32)
+            await batcher.start()
+            reply = await batcher.submit([HumanMessage("Hi")], RequestParams(max_tokens=16))
+            await batcher.close()
+
+    """
+
+    def __init__(
+        self,
+        model: BaseChatModel,
+        *,
+        max_batch: int = 32,
+        max_queue: int = 256,
+        max_wait_s: float = 0.005,
+        config: RunnableConfig | None = None,
+    ) -> None:
+        if max_batch < 1 or max_queue < 1 or max_wait_s < 0:
+            msg = (
+                "RequestBatcher needs max_batch >= 1, max_queue >= 1 and max_wait_s >= 0; got "
+                f"max_batch={max_batch}, max_queue={max_queue}, max_wait_s={max_wait_s}."
+            )
+            raise ValueError(msg)
+        self.model = model
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.max_wait_s = max_wait_s
+        self.config = config
+        self.stats = BatcherStats()
+        self._admitted = 0
+        self._closed = False
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._lock = asyncio.Lock()
+        self._worker: asyncio.Task[None] | None = None
+        self._variants: dict[RequestParams, BaseChatModel] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Start the worker task on the running event loop."""
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        """Stop taking requests and fail the ones still waiting with :class:`BatcherClosedError`.
+
+        A batch already running in the worker thread is not interrupted (a generate call
+        cannot be cancelled); its callers get :class:`BatcherClosedError` too.
+        """
+        self._closed = True
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+        self._fail_queued()
+
+    @property
+    def pending(self) -> int:
+        """Requests admitted and not finished yet (waiting, running or streaming)."""
+        return self._admitted
+
+    # ------------------------------------------------------------------- requests
+    def _admit(self) -> None:
+        if self._closed:
+            msg = "The server is shutting down and takes no new requests; retry on another replica."
+            raise BatcherClosedError(msg)
+        if self._admitted >= self.max_queue:
+            self.stats.rejected += 1
+            msg = (
+                f"The server is at capacity: {self._admitted} requests are queued or running "
+                f"(max_queue={self.max_queue}). Retry later, or start the server with a larger "
+                "--max-queue."
+            )
+            raise QueueFullError(msg)
+        self._admitted += 1
+
+    async def submit(self, messages: Sequence[BaseMessage], params: RequestParams) -> BaseMessage:
+        """Queue one request and wait for its reply.
+
+        Raises:
+            QueueFullError: When ``max_queue`` requests are already admitted.
+            BatcherClosedError: When the batcher is shutting down.
+            Exception: Whatever the model raised for this request.
+
+        """
+        self._admit()
+        try:
+            future: asyncio.Future[BaseMessage] = asyncio.get_running_loop().create_future()
+            self._queue.put_nowait(_Item(list(messages), params, future))
+            return await future
+        finally:
+            self._admitted -= 1
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, params: RequestParams) -> AsyncIterator[BaseChatModel]:
+        """Admit one request and hold the model alone while it runs (used for streaming).
+
+        Generate calls never overlap: on a CPU one call already uses every core, and not
+        every chat model is safe to call from two threads at once.
+
+        Yields:
+            The model configured with ``params``.
+
+        """
+        self._admit()
+        try:
+            async with self._lock:
+                self.stats.streams += 1
+                yield self.variant(params)
+        finally:
+            self._admitted -= 1
+
+    def variant(self, params: RequestParams) -> BaseChatModel:
+        """Return a shallow copy of the model with ``params`` applied to its fields.
+
+        Only fields the model declares (``temperature``, ``max_tokens``, ``stop``) are set;
+        the copies share the weights. Callers must still cut the text at ``params.stop``,
+        since a model without a ``stop`` field ignores it.
+        """
+        cached = self._variants.get(params)
+        if cached is not None:
+            return cached
+        fields = type(self.model).model_fields
+        update: dict[str, Any] = {}
+        if params.temperature is not None and "temperature" in fields:
+            update["temperature"] = params.temperature
+        if params.max_tokens is not None and "max_tokens" in fields:
+            update["max_tokens"] = params.max_tokens
+        if params.stop and "stop" in fields:
+            update["stop"] = list(params.stop)
+        model = self.model.model_copy(update=update) if update else self.model
+        if len(self._variants) >= _MAX_VARIANTS:
+            self._variants.pop(next(iter(self._variants)))
+        self._variants[params] = model
+        return model
+
+    # --------------------------------------------------------------------- worker
+    async def _collect(self) -> list[_Item]:
+        items = [await self._queue.get()]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait_s
+        while len(items) < self.max_batch:
+            if not self._queue.empty():
+                items.append(self._queue.get_nowait())
+                continue
+            timeout = deadline - loop.time()
+            if timeout <= 0:
+                break
+            try:
+                items.append(await asyncio.wait_for(self._queue.get(), timeout))
+            except TimeoutError:
+                break
+        return items
+
+    async def _run(self) -> None:
+        while True:
+            items = await self._collect()
+            try:
+                groups: dict[RequestParams, list[_Item]] = {}
+                for item in items:
+                    if not item.future.done():  # skip callers that went away
+                        groups.setdefault(item.params, []).append(item)
+                for params, group in groups.items():
+                    await self._run_group(params, group)
+            except asyncio.CancelledError:
+                for item in items:
+                    if not item.future.done():
+                        msg = "The server shut down before this request was answered."
+                        item.future.set_exception(BatcherClosedError(msg))
+                raise
+            except Exception as exc:  # a bug must not kill the worker and hang every caller
+                logger.exception("The batch worker failed")
+                for item in items:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+
+    async def _run_group(self, params: RequestParams, group: list[_Item]) -> None:
+        prompts: list[Any] = [item.messages for item in group]
+        outputs: list[Any]
+        try:
+            model = self.variant(params)
+            async with self._lock:
+                outputs = await asyncio.to_thread(
+                    model.batch, prompts, self.config, return_exceptions=True
+                )
+        except Exception as exc:
+            logger.exception("A batch of %d requests failed", len(group))
+            outputs = [exc] * len(group)
+        self.stats.batches += 1
+        self.stats.requests += len(group)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(group))
+        self.stats.batch_sizes[len(group)] = self.stats.batch_sizes.get(len(group), 0) + 1
+        for item, output in zip(group, outputs, strict=True):
+            if item.future.done():
+                continue
+            if isinstance(output, BaseException):
+                item.future.set_exception(output)
+            else:
+                item.future.set_result(output)
+
+    def _fail_queued(self) -> None:
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if not item.future.done():
+                msg = "The server shut down before this request was answered."
+                item.future.set_exception(BatcherClosedError(msg))

@@ -1,0 +1,587 @@
+"""Record every :class:`~langchain_divconq.chain.DivConqChain` run as a :class:`Trace`.
+
+:class:`TraceRecorder` is a LangChain callback handler. It finds the chain's
+root run by the ``divconq_node`` metadata the chain sets (``chain`` on the root,
+``decomposer``/``solver`` on the node runs), so it works when the chain is
+nested in an agent or another chain. Every run under a node, however deep (a
+model inside a custom solver runnable, a retry), is attributed to the nearest
+node ancestor through ``parent_run_id``. When the root run ends (or fails), the
+trace is written to the store.
+
+The handler runs inline (``run_inline = True``): in async runs its events are
+handled in order on the event loop, so one sync handler serves ``invoke``,
+``batch``, ``ainvoke``, ``abatch``, ``stream`` and ``astream`` alike, and a lock
+makes it safe under ``batch(max_concurrency=...)`` and several threads.
+
+Secrets never reach a trace: invocation parameters and metadata are scrubbed of
+API keys, tokens, passwords and auth headers (by key name and by value shape),
+and the serialized model (which can hold keys in its ``repr``) is not stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+from uuid import UUID
+
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.messages import BaseMessage, convert_to_openai_messages
+from langchain_core.outputs import ChatGeneration, LLMResult
+from pydantic import BaseModel
+
+from langchain_divconq.prompts import NODE_METADATA_KEY, extract_answer, message_text
+from langchain_divconq.tracing.scoring import Checker, score_trace
+from langchain_divconq.tracing.store import MemoryTraceStore, TraceStore, open_store
+from langchain_divconq.tracing.trace import NodeCall, TokenUsage, Trace
+from langchain_divconq.tracing.usage import estimate_tokens, reported_usage
+
+__all__ = ["REDACTED", "TraceRecorder", "scrub_secrets"]
+
+logger = logging.getLogger(__name__)
+
+REDACTED = "[REDACTED]"
+"""What a secret is replaced with."""
+
+_NODES = ("decomposer", "solver")
+_ROOT = "chain"
+_SECRET_KEY = re.compile(
+    r"api[_-]?key|apikey|secret|passw|authoriz|(^|[_-])auth($|[_-])|credential|cookie|"
+    r"bearer|(^|[_-])token$|access[_-]?token|refresh[_-]?token|session[_-]?(key|id)|"
+    r"private[_-]?key|signature",
+    re.IGNORECASE,
+)
+_SECRET_VALUE = re.compile(
+    r"\b(?:sk|rk|pk)-[A-Za-z0-9_\-]{8,}|\bBearer\s+[A-Za-z0-9._~+/=\-]{8,}|"
+    r"\bxox[abprs]-[A-Za-z0-9\-]{8,}|\bgh[pousr]_[A-Za-z0-9]{16,}|\bhf_[A-Za-z0-9]{16,}|"
+    r"\bAKIA[0-9A-Z]{16}\b|\bAIza[0-9A-Za-z_\-]{20,}",
+)
+_MAX_DEPTH = 8
+
+
+@lru_cache(maxsize=4096)
+def _is_secret_key(name: str) -> bool:
+    return _SECRET_KEY.search(name) is not None
+
+
+def scrub_secrets(value: Any, *, values: bool = True, _depth: int = 0) -> Any:
+    """Return a JSON-safe copy of ``value`` with secrets replaced by :data:`REDACTED`.
+
+    Keys that name a secret (``api_key``, ``Authorization``, ``hf_token``,
+    ``password``, ...) have their values replaced; strings shaped like keys
+    (``sk-...``, ``Bearer ...``, ``hf_...``) are replaced wherever they are,
+    unless ``values=False`` (used for prompts, which must stay verbatim).
+    Objects that are not plain data become ``<TypeName>`` (never their repr,
+    which can show a client's key).
+
+    Example:
+        >>> scrub_secrets({"api_key": "x", "max_tokens": 5, "h": "Bearer abc123xyz"})
+        {'api_key': '[REDACTED]', 'max_tokens': 5, 'h': '[REDACTED]'}
+
+    """
+    if _depth > _MAX_DEPTH:
+        return "<nested>"
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        return _SECRET_VALUE.sub(REDACTED, value) if values else value
+    if isinstance(value, UUID | datetime):
+        return str(value)
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    if isinstance(value, Mapping):
+        clean: dict[str, Any] = {}
+        for key, item in value.items():
+            name = str(key)
+            if _is_secret_key(name) and item not in (None, "", [], {}):
+                clean[name] = REDACTED
+            else:
+                clean[name] = scrub_secrets(item, values=values, _depth=_depth + 1)
+        return clean
+    if isinstance(value, list | tuple | set | frozenset):
+        return [scrub_secrets(item, values=values, _depth=_depth + 1) for item in value]
+    return f"<{type(value).__name__}>"
+
+
+@dataclass
+class _Node:
+    """What one node run has gathered so far."""
+
+    run_id: UUID
+    start: float = field(default_factory=time.perf_counter)
+    model_name: str | None = None
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+    llm_output: str | None = None
+    output: str | None = None
+    usage: TokenUsage | None = None
+    latency_s: float | None = None
+    error: str | None = None
+
+    def add_usage(self, usage: TokenUsage) -> None:
+        if self.usage is None:
+            self.usage = usage
+            return
+        self.usage = TokenUsage(
+            input_tokens=self.usage.input_tokens + usage.input_tokens,
+            output_tokens=self.usage.output_tokens + usage.output_tokens,
+            total_tokens=self.usage.total_tokens + usage.total_tokens,
+            estimated=self.usage.estimated or usage.estimated,
+        )
+
+    def to_call(self) -> NodeCall:
+        return NodeCall(
+            model_name=self.model_name,
+            messages=self.messages,
+            output=self.output if self.output is not None else self.llm_output,
+            usage=self.usage,
+            latency_s=self.latency_s,
+            error=self.error,
+            run_id=str(self.run_id),
+            params=self.params,
+        )
+
+
+@dataclass
+class _Root:
+    """One chain run being recorded."""
+
+    run_id: UUID
+    inputs: Any
+    tags: list[str]
+    metadata: dict[str, Any]
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    nodes: dict[str, _Node] = field(default_factory=dict)
+    runs: list[UUID] = field(default_factory=list)
+
+
+@dataclass
+class _Run:
+    """Where a run belongs: its chain root, and its node (None for the root itself)."""
+
+    root: UUID
+    node: str | None
+
+
+@dataclass
+class _LLMCall:
+    """A model call under a node, until it ends."""
+
+    node: _Node
+    messages: list[dict[str, Any]]
+    model_name: str | None
+
+
+def _content_text(content: Any) -> str:
+    try:
+        return message_text(content) if content is not None else ""
+    except TypeError:
+        return ""
+
+
+def _error_text(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def _output_text(outputs: Any) -> str | None:
+    if isinstance(outputs, Mapping) and set(outputs) == {"output"}:
+        outputs = outputs["output"]
+    try:
+        return message_text(outputs)
+    except TypeError:
+        return None
+
+
+def _split_input(inputs: Any) -> tuple[str, str | None]:
+    if isinstance(inputs, Mapping):
+        if "question" not in inputs and set(inputs) == {"input"}:
+            return _split_input(inputs["input"])
+        question = inputs.get("question")
+        context = inputs.get("context")
+        return (
+            question if isinstance(question, str) else "",
+            context if isinstance(context, str) and context else None,
+        )
+    if isinstance(inputs, str):
+        return inputs, None
+    if isinstance(inputs, BaseModel) and hasattr(inputs, "question"):
+        return _split_input(inputs.model_dump())
+    return "", None
+
+
+def _model_name(
+    metadata: Mapping[str, Any] | None, invocation_params: Mapping[str, Any] | None
+) -> str | None:
+    for source, key in (
+        (metadata, "ls_model_name"),
+        (invocation_params, "model"),
+        (invocation_params, "model_name"),
+        (invocation_params, "model_id"),
+    ):
+        value = (source or {}).get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _response_model(response: LLMResult) -> str | None:
+    name = (response.llm_output or {}).get("model_name")
+    if isinstance(name, str) and name:
+        return name
+    for generations in response.generations:
+        for generation in generations:
+            if isinstance(generation, ChatGeneration):
+                meta = generation.message.response_metadata or {}
+                name = meta.get("model_name") or meta.get("model")
+                if isinstance(name, str) and name:
+                    return name
+    return None
+
+
+def _response_text(response: LLMResult) -> str:
+    if not response.generations or not response.generations[0]:
+        return ""
+    generation = response.generations[0][0]
+    if isinstance(generation, ChatGeneration):
+        try:
+            return message_text(generation.message)
+        except TypeError:
+            return generation.text
+    return generation.text
+
+
+class TraceRecorder(BaseCallbackHandler):
+    """Callback handler that writes one :class:`Trace` per ``DivConqChain`` run to a store.
+
+    Args:
+        store: A :class:`~langchain_divconq.store.TraceStore`, a path/URL for
+            :func:`~langchain_divconq.store.open_store` (``"traces.jsonl"``,
+            ``"sqlite:///t.db"``), or None to keep traces in memory
+            (``recorder.store.traces``).
+        checker: Scores runs whose config metadata has a ``reference`` (the gold
+            answer): ``(solver_text, example) -> float``, e.g. a task's ``score``.
+            None uses :func:`~langchain_divconq.scoring.default_checker`.
+        score: Set False to leave ``score`` empty even when a reference is given.
+        strict: Raise store errors into the caller's run instead of logging them.
+
+    Example:
+        .. code-block:: python
+
+            from langchain_divconq import TraceRecorder, create_divconq_chain
+
+            recorder = TraceRecorder("traces.jsonl")
+            chain = create_divconq_chain(decomposer, solver)
+            chain.invoke(
+                "Natalia sold 48 clips in April and half as many in May. Total?",
+                config={"callbacks": [recorder], "metadata": {"reference": "72"}},
+            )
+
+    """
+
+    run_inline = True
+
+    def __init__(
+        self,
+        store: TraceStore | str | os.PathLike[str] | None = None,
+        *,
+        checker: Checker | None = None,
+        score: bool = True,
+        strict: bool = False,
+    ) -> None:
+        self.store: TraceStore = MemoryTraceStore() if store is None else open_store(store)
+        self.checker = checker
+        self.score = score
+        self.strict = strict
+        self.raise_error = strict
+        self.recorded = 0
+        """Traces written so far."""
+        self.write_errors = 0
+        """Traces that could not be written (logged, not raised, unless ``strict``)."""
+        self._lock = threading.Lock()
+        self._runs: dict[UUID, _Run] = {}
+        self._roots: dict[UUID, _Root] = {}
+        self._nodes: dict[UUID, _Node] = {}
+        self._llm_calls: dict[UUID, _LLMCall] = {}
+
+    def __repr__(self) -> str:
+        return f"TraceRecorder(store={self.store!r})"
+
+    # ------------------------------------------------------------------ run tree
+    def _track(
+        self,
+        run_id: UUID,
+        parent_run_id: UUID | None,
+        metadata: Mapping[str, Any] | None,
+        *,
+        can_be_root: bool = False,
+        inputs: Any = None,
+        tags: Sequence[str] | None = None,
+    ) -> _Run | None:
+        """Place a starting run in the tree; returns where it belongs, or None if outside."""
+        label = (metadata or {}).get(NODE_METADATA_KEY)
+        with self._lock:
+            parent = self._runs.get(parent_run_id) if parent_run_id is not None else None
+            # A "chain" label is inherited by everything below a root; only a run
+            # outside any chain, or inside a node of another chain, starts a trace.
+            if can_be_root and label == _ROOT and (parent is None or parent.node is not None):
+                self._roots[run_id] = _Root(
+                    run_id=run_id,
+                    inputs=inputs,
+                    tags=list(tags or []),
+                    metadata=dict(metadata or {}),
+                )
+                run = _Run(root=run_id, node=None)
+                self._runs[run_id] = run
+                return run
+            if parent is None:
+                return None
+            root = self._roots.get(parent.root)
+            if root is None:
+                return None
+            if parent.node is None and label in _NODES:
+                run = _Run(root=parent.root, node=str(label))
+                node = _Node(run_id=run_id)
+                root.nodes[run.node or ""] = node
+                self._nodes[run_id] = node
+            else:
+                run = _Run(root=parent.root, node=parent.node)
+            self._runs[run_id] = run
+            root.runs.append(run_id)
+            return run
+
+    def _node_of(self, run: _Run) -> _Node | None:
+        root = self._roots.get(run.root)
+        if root is None or run.node is None:
+            return None
+        return root.nodes.get(run.node)
+
+    # ---------------------------------------------------------------- chain runs
+    def on_chain_start(
+        self,
+        serialized: dict[str, Any] | None,
+        inputs: Any,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Start a trace at a chain root, or place a run under its node."""
+        self._track(run_id, parent_run_id, metadata, can_be_root=True, inputs=inputs, tags=tags)
+
+    def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        """Finish a node run, or write the trace when the root run ends."""
+        self._end(run_id, outputs=outputs, error=None, inputs=kwargs.get("inputs"))
+
+    def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        """Record a failed node, or write the failed run's trace."""
+        self._end(run_id, outputs=None, error=error, inputs=kwargs.get("inputs"))
+
+    def _end(self, run_id: UUID, *, outputs: Any, error: BaseException | None, inputs: Any) -> None:
+        with self._lock:
+            root = self._roots.get(run_id)
+            node = self._nodes.get(run_id)
+            if node is not None:
+                node.latency_s = time.perf_counter() - node.start
+                if error is not None:
+                    node.error = _error_text(error)
+                elif outputs is not None:
+                    node.output = _output_text(outputs)
+            if root is None:
+                return
+            self._forget(root)
+        if inputs is not None and not _split_input(root.inputs)[0]:
+            root.inputs = inputs
+        self._write(self._trace(root, outputs, error))
+
+    def _forget(self, root: _Root) -> None:
+        for child in root.runs:
+            self._runs.pop(child, None)
+            self._nodes.pop(child, None)
+            self._llm_calls.pop(child, None)
+        self._runs.pop(root.run_id, None)
+        self._roots.pop(root.run_id, None)
+
+    # ---------------------------------------------------------------- other runs
+    def on_tool_start(
+        self,
+        serialized: dict[str, Any],
+        input_str: str,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Track a tool run, so model calls inside it find their node."""
+        self._track(run_id, parent_run_id, metadata)
+
+    def on_retriever_start(
+        self,
+        serialized: dict[str, Any],
+        query: str,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Track a retriever run, so model calls inside it find their node."""
+        self._track(run_id, parent_run_id, metadata)
+
+    # ---------------------------------------------------------------- model runs
+    def _model_start(
+        self,
+        run_id: UUID,
+        parent_run_id: UUID | None,
+        metadata: dict[str, Any] | None,
+        messages: list[dict[str, Any]],
+        kwargs: Mapping[str, Any],
+    ) -> None:
+        run = self._track(run_id, parent_run_id, metadata)
+        if run is None:
+            return
+        with self._lock:
+            node = self._node_of(run)
+            if node is None:
+                return
+            params = kwargs.get("invocation_params") or {}
+            name = _model_name(metadata, params)
+            # The last call a node makes is the one whose answer it returns
+            # (retries, fallbacks), so it names the model and the prompt.
+            node.messages = messages
+            node.params = scrub_secrets(params)
+            node.model_name = name or node.model_name
+            self._llm_calls[run_id] = _LLMCall(node=node, messages=messages, model_name=name)
+
+    def on_chat_model_start(
+        self,
+        serialized: dict[str, Any],
+        messages: list[list[BaseMessage]],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Remember a chat model call's messages (OpenAI format), model and parameters."""
+        prompt = messages[0] if messages else []
+        # Prompts are kept verbatim (they are training data); only parameters are scrubbed.
+        converted = convert_to_openai_messages(list(prompt))
+        self._model_start(run_id, parent_run_id, metadata, list(converted), kwargs)
+
+    def on_llm_start(
+        self,
+        serialized: dict[str, Any],
+        prompts: list[str],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Remember a text-completion call's prompt (as one user message)."""
+        messages = [{"role": "user", "content": prompts[0] if prompts else ""}]
+        self._model_start(run_id, parent_run_id, metadata, messages, kwargs)
+
+    def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+        """Add the call's output text and token usage to its node."""
+        with self._lock:
+            call = self._llm_calls.pop(run_id, None)
+            node = self._nodes.get(run_id)
+        if call is None:
+            return
+        text = _response_text(response)
+        usage = reported_usage(response)
+        if usage is None:
+            # No reported usage: estimate, and say so, so cost reports stay honest.
+            prompt = "\n".join(_content_text(m.get("content")) for m in call.messages)
+            inputs, outputs = estimate_tokens(prompt), estimate_tokens(text)
+            usage = TokenUsage(
+                input_tokens=inputs,
+                output_tokens=outputs,
+                total_tokens=inputs + outputs,
+                estimated=True,
+            )
+        with self._lock:
+            call.node.llm_output = text
+            call.node.add_usage(usage)
+            if call.model_name is None:
+                call.node.model_name = call.node.model_name or _response_model(response)
+            if node is not None:  # the model call is the node run itself
+                node.latency_s = time.perf_counter() - node.start
+                node.output = text
+
+    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        """Record the error when the failed model call is the node run itself."""
+        with self._lock:
+            self._llm_calls.pop(run_id, None)
+            node = self._nodes.get(run_id)
+            if node is not None:
+                node.latency_s = time.perf_counter() - node.start
+                node.error = _error_text(error)
+
+    # ---------------------------------------------------------------- writing
+    def _trace(self, root: _Root, outputs: Any, error: BaseException | None) -> Trace:
+        question, context = _split_input(root.inputs)
+        result = outputs if isinstance(outputs, Mapping) else {}
+        if isinstance(result.get("question"), str):
+            question = result["question"]
+            context = result.get("context") or context
+        metadata = dict(root.metadata)
+        metadata.pop(NODE_METADATA_KEY, None)
+        reference = metadata.pop("reference", None)
+        solution = result.get("solution")
+        solution = solution if isinstance(solution, str) else None
+        answer = result.get("answer")
+        if answer is None and solution is not None:
+            answer = extract_answer(solution)
+        sub_questions = result.get("sub_questions") or []
+        decomposer, solver = root.nodes.get("decomposer"), root.nodes.get("solver")
+        trace = Trace(
+            question=question,
+            context=context,
+            reference=None if reference is None else str(reference),
+            decomposer=decomposer.to_call() if decomposer else None,
+            solver=solver.to_call() if solver else None,
+            sub_questions=[str(q) for q in sub_questions],
+            solution=solution,
+            answer=None if answer is None else str(answer),
+            error=None if error is None else _error_text(error),
+            tags=list(dict.fromkeys(root.tags)),
+            metadata=scrub_secrets(metadata),
+            run_id=str(root.run_id),
+            created_at=root.created_at,
+        )
+        if self.score and trace.reference is not None:
+            try:
+                trace.score = score_trace(trace, self.checker)
+            except Exception:
+                logger.exception("Scoring trace %s failed; it is stored unscored", trace.trace_id)
+        return trace
+
+    def _write(self, trace: Trace) -> None:
+        try:
+            self.store.add(trace)
+        except Exception:
+            with self._lock:
+                self.write_errors += 1
+            if self.strict:
+                raise
+            logger.exception(
+                "Could not write trace %s to %r; the chain run is unaffected "
+                "(pass strict=True to raise instead)",
+                trace.trace_id,
+                self.store,
+            )
+            return
+        with self._lock:
+            self.recorded += 1

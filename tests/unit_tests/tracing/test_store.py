@@ -1,0 +1,260 @@
+"""Trace stores: round trips, filters, torn lines, a SIGKILLed writer, several processes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from langchain_divconq.tracing.store import (
+    JsonlTraceStore,
+    MemoryTraceStore,
+    SqliteTraceStore,
+    TraceStore,
+    open_store,
+)
+from langchain_divconq.tracing.trace import NodeCall, Trace
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _traces() -> list[Trace]:
+    return [
+        Trace(
+            question="Q1?",
+            tags=["teacher", "gsm8k"],
+            metadata={"task": "gsm8k", "split": "train"},
+            decomposer=NodeCall(model_name="gpt-a"),
+            solver=NodeCall(model_name="gpt-b"),
+            score=1.0,
+        ),
+        Trace(
+            question="Q2?",
+            tags=["teacher"],
+            metadata={"task": "gsm8k", "split": "test"},
+            solver=NodeCall(model_name="gpt-b"),
+            score=0.0,
+        ),
+        Trace(question="Q3?", source="gsm8k-socratic", score=1.0),
+        Trace(question="Q4?", error="RuntimeError: boom"),
+    ]
+
+
+StoreFactory = Callable[[Path], TraceStore]
+FACTORIES: dict[str, StoreFactory] = {
+    "jsonl": lambda d: JsonlTraceStore(d / "t.jsonl"),
+    "sqlite": lambda d: SqliteTraceStore(d / "t.db"),
+    "memory": lambda d: MemoryTraceStore(),
+}
+
+
+@pytest.fixture(params=sorted(FACTORIES))
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> TraceStore:
+    made = FACTORIES[request.param](tmp_path)
+    made.add(_traces()[0])
+    made.add_many(_traces()[1:])
+    return made
+
+
+def _questions(traces: object) -> list[str]:
+    return [t.question for t in traces]  # type: ignore[attr-defined]
+
+
+def test_round_trip_keeps_order_and_values(store: TraceStore) -> None:
+    loaded = list(store)
+    assert _questions(loaded) == ["Q1?", "Q2?", "Q3?", "Q4?"]
+    assert len(store) == 4
+    assert loaded[0].decomposer == NodeCall(model_name="gpt-a")
+    assert loaded[0].metadata == {"task": "gsm8k", "split": "train"}
+    assert len(store.trace_ids()) == 4
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        ({"tags": ["teacher"]}, ["Q1?", "Q2?"]),
+        ({"tags": ["teacher", "gsm8k"]}, ["Q1?"]),
+        ({"metadata": {"split": "test"}}, ["Q2?"]),
+        ({"model": "gpt-a"}, ["Q1?"]),
+        ({"model": "gpt-b"}, ["Q1?", "Q2?"]),
+        ({"source": "gsm8k-socratic"}, ["Q3?"]),
+        ({"source": ["recorded", "gsm8k-socratic"]}, ["Q1?", "Q2?", "Q3?", "Q4?"]),
+        ({"correct": True}, ["Q1?", "Q3?"]),
+        ({"correct": False}, ["Q2?"]),
+        ({"ok": False}, ["Q4?"]),
+        ({"correct": True, "source": "recorded", "tags": ["teacher"]}, ["Q1?"]),
+    ],
+)
+def test_filters(store: TraceStore, filters: dict[str, object], expected: list[str]) -> None:
+    assert _questions(store.filter(**filters)) == expected
+
+
+def test_jsonl_torn_last_line_is_skipped_and_appending_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "t.jsonl"
+    store = JsonlTraceStore(path)
+    store.add_many(_traces()[:2])
+    whole = _traces()[2].model_dump_json().encode()
+    with path.open("ab") as handle:  # what a crash in the middle of write() leaves
+        handle.write(whole[: len(whole) // 2])
+    with caplog.at_level(logging.WARNING):
+        assert _questions(JsonlTraceStore(path)) == ["Q1?", "Q2?"]
+    assert "torn last line" in caplog.text
+    after = JsonlTraceStore(path)
+    after.add(Trace(question="after the crash?"))
+    assert _questions(JsonlTraceStore(path)) == ["Q1?", "Q2?", "after the crash?"]
+    assert len(JsonlTraceStore(path)) == 3
+
+
+def test_jsonl_skips_records_of_a_newer_schema(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "t.jsonl"
+    newer = Trace(question="future?").model_dump(mode="json") | {"schema_version": 99}
+    path.write_text(
+        json.dumps(newer) + "\n" + Trace(question="now?").model_dump_json() + "\n",
+        encoding="utf-8",
+    )
+    with caplog.at_level(logging.WARNING):
+        assert _questions(JsonlTraceStore(path)) == ["now?"]
+    assert "schema version 99" in caplog.text
+
+
+def test_missing_jsonl_file_is_an_empty_store(tmp_path: Path) -> None:
+    assert len(JsonlTraceStore(tmp_path / "none.jsonl")) == 0
+
+
+def test_sqlite_same_trace_id_replaces(tmp_path: Path) -> None:
+    store = SqliteTraceStore(tmp_path / "t.db")
+    trace = Trace(question="Q?")
+    store.add(trace)
+    store.add(trace.model_copy(update={"score": 1.0}))
+    assert len(store) == 1 and next(iter(store)).score == 1.0
+    store.close()
+
+
+def test_sqlite_pages_through_large_stores(tmp_path: Path) -> None:
+    store = SqliteTraceStore(tmp_path / "t.db")
+    store.add_many(Trace(question=f"Q{i}?", score=float(i % 2)) for i in range(1234))
+    assert _questions(store)[-1] == "Q1233?" and len(list(store)) == 1234
+    assert len(list(store.filter(correct=True))) == 617
+
+
+def test_open_store_picks_the_kind(tmp_path: Path) -> None:
+    assert isinstance(open_store(tmp_path / "a.jsonl"), JsonlTraceStore)
+    assert isinstance(open_store(f"sqlite:///{tmp_path}/b.db"), SqliteTraceStore)
+    assert isinstance(open_store(str(tmp_path / "c.sqlite")), SqliteTraceStore)
+    memory = MemoryTraceStore()
+    assert open_store(memory) is memory
+    with pytest.raises(ValueError, match="sqlite:///"):
+        open_store(tmp_path / "traces.csv")
+
+
+def _run_script(code: str, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+_RECORDING_WRITER = """
+    import sys
+    from langchain_core.language_models import FakeListChatModel
+    from langchain_divconq import TraceRecorder, create_divconq_chain
+    from langchain_divconq.tracing.store import JsonlTraceStore
+
+    recorder = TraceRecorder(JsonlTraceStore(sys.argv[1]))
+    chain = create_divconq_chain(
+        FakeListChatModel(responses=["How many in May?\\nHow many in all?"]),
+        FakeListChatModel(responses=["24 in May.\\nThe answer is: 72"]),
+    )
+    padding = "x" * 20000  # big records, so the kill often lands inside a write
+    i = 0
+    while True:
+        chain.invoke(
+            {"question": f"Question {i}?", "context": padding},
+            {"callbacks": [recorder], "metadata": {"i": i}},
+        )
+        print(i, flush=True)  # the run returned, so its trace was written
+        i += 1
+"""
+
+
+def test_sigkilled_writer_leaves_every_earlier_record(tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    writer = _run_script(_RECORDING_WRITER, str(path))
+    assert writer.stdout is not None
+    acked: list[int] = []
+    deadline = time.monotonic() + 120
+    while len(acked) < 150 and time.monotonic() < deadline:
+        line = writer.stdout.readline()
+        if not line:
+            break
+        acked.append(int(line))
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait(timeout=30)
+    assert writer.returncode == -signal.SIGKILL
+    assert len(acked) == 150, "the writer stopped before recording 150 runs"
+    traces = list(JsonlTraceStore(path))
+    recorded = [t.metadata["i"] for t in traces]
+    # Every run that returned before the kill is there, whole and in order.
+    assert recorded[: len(acked)] == acked
+    assert len(recorded) in (len(acked), len(acked) + 1)
+    for trace in traces:
+        assert trace.solution == "24 in May.\nThe answer is: 72"
+        assert trace.sub_questions == ["How many in May?", "How many in all?"]
+    # A new writer appends cleanly after whatever the kill left.
+    JsonlTraceStore(path).add(Trace(question="after?"))
+    assert _questions(JsonlTraceStore(path))[-1] == "after?"
+
+
+_PARALLEL_WRITER = """
+    import os, sys, time
+    from langchain_divconq.tracing.store import open_store
+    from langchain_divconq.tracing.trace import Trace
+
+    spec, worker, count, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    store = open_store(spec)
+    print("ready", flush=True)
+    while not os.path.exists(go):
+        time.sleep(0.005)
+    for k in range(count):
+        store.add(Trace(trace_id=f"w{worker}-{k}", question=f"worker {worker} item {k}?"))
+    print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
+def test_four_processes_writing_at_once_lose_nothing(tmp_path: Path, kind: str) -> None:
+    spec = f"sqlite:///{tmp_path}/t.db" if kind == "sqlite" else str(tmp_path / "t.jsonl")
+    go = tmp_path / "go"
+    count = 200
+    writers = [_run_script(_PARALLEL_WRITER, spec, str(w), str(count), str(go)) for w in range(4)]
+    for writer in writers:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
+    go.touch()  # all four start writing at the same moment
+    for writer in writers:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "done"
+        assert writer.wait(timeout=120) == 0
+    store = open_store(spec)
+    expected = {f"w{w}-{k}" for w in range(4) for k in range(count)}
+    assert len(store) == 4 * count
+    assert store.trace_ids() == expected
+    # Each writer's records stay in its own order.
+    for w in range(4):
+        mine = [t.trace_id for t in store if t.trace_id.startswith(f"w{w}-")]
+        assert mine == [f"w{w}-{k}" for k in range(count)]
