@@ -98,7 +98,7 @@ def _content_text(message: BaseMessage) -> str:
 
 
 def _chat_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
-    out = []
+    out: list[dict[str, str]] = []
     for message in messages:
         if isinstance(message, ChatMessage):
             role = message.role
@@ -110,8 +110,24 @@ def _chat_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
                 "use system, human, AI, tool or ChatMessage messages."
             )
             raise TypeError(msg)
-        out.append({"role": role, "content": _content_text(message)})
+        text = _content_text(message)
+        _check_unicode(text, len(out), message)
+        out.append({"role": role, "content": text})
     return out
+
+
+def _check_unicode(text: str, index: int, message: BaseMessage) -> None:
+    """Reject text the tokenizer cannot encode (a lone UTF-16 surrogate such as ``\\ud800``)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        msg = (
+            f"ChatLocalModel cannot encode message {index} ({type(message).__name__}): it "
+            f"contains a lone surrogate U+{ord(text[exc.start]):04X} at character {exc.start}, "
+            "which is not valid Unicode text. Remove it or decode the input with "
+            "errors='replace' before sending it."
+        )
+        raise ValueError(msg) from None
 
 
 # --------------------------------------------------------------------------- the model
@@ -281,10 +297,24 @@ class ChatLocalModel(BaseChatModel):
         messages: list[BaseMessage],
         stop: list[str] | None = None,
         run_manager: CallbackManagerForLLMRun | None = None,
+    def _request(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> tuple[list[dict[str, str]], GenerationParams, BatchTicket | None]:
+        """Validate one call; a call that fails here is withdrawn from its ``batch()`` ticket.
+
+        So a bad prompt fails alone, at once, and the batcher does not wait for it.
+        """
+        ticket = BATCH_TICKET.get()
+        try:
+            return _chat_dicts(messages), self._params(stop, kwargs), ticket
+        except BaseException:
+            if ticket is not None:
+                self._get_batcher().withdraw(ticket)
+            raise
+
         **kwargs: Any,
     ) -> ChatResult:
-        params = self._params(stop, kwargs)
-        future = self._get_batcher().submit(_chat_dicts(messages), params, BATCH_TICKET.get())
+        future = self._get_batcher().submit(*self._request(messages, stop, kwargs))
         return ChatResult(generations=[ChatGeneration(message=self._message(future.result()))])
 
     async def _agenerate(
@@ -296,8 +326,7 @@ class ChatLocalModel(BaseChatModel):
     ) -> ChatResult:
         # Await the batcher's future instead of parking an executor thread on it,
         # so an abatch of hundreds of prompts does not exhaust the default pool.
-        params = self._params(stop, kwargs)
-        future = self._get_batcher().submit(_chat_dicts(messages), params, BATCH_TICKET.get())
+        future = self._get_batcher().submit(*self._request(messages, stop, kwargs))
         result = await asyncio.wrap_future(future)
         return ChatResult(generations=[ChatGeneration(message=self._message(result))])
 

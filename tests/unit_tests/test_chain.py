@@ -238,3 +238,16 @@ def test_decomposer_may_return_plain_strings() -> None:
         RunnableLambda(lambda _: "How many?"), FakeListChatModel(responses=["The answer is: 2"])
     )
     assert chain.invoke("Q?")["sub_questions"] == ["How many?"]
+
+
+def test_batch_with_local_decomposer_isolates_a_lone_surrogate(tiny_chat_model: Any) -> None:
+    chain = create_divconq_chain(tiny_chat_model, FakeListChatModel(responses=[SOLUTION]))
+    questions = ["How many clips?", "Bad \ud800 question?", "How many in May?"]
+    results = chain.batch(questions, return_exceptions=True)
+    assert isinstance(results[1], ValueError)
+    assert "surrogate" in str(results[1])
+    for i in (0, 2):
+        assert results[i]["question"] == questions[i]
+        assert results[i]["answer"] == "72"
+    with pytest.raises(ValueError, match="surrogate"):
+        chain.batch(questions)

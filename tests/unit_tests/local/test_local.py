@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import threading
+import time
 from typing import Any
 from uuid import UUID
 
@@ -187,6 +188,33 @@ def test_batch_return_exceptions_keeps_other_items(
     assert isinstance(out[1], ValueError)
     assert "text only" in str(out[1])
     assert _texts([out[0], out[2]]) == _texts(tiny_chat_model.batch(["hello", "x"]))
+
+
+def test_batch_lone_surrogate_fails_only_its_item(
+    tiny_chat_model: ChatLocalModel, spy: _GenerateSpy
+) -> None:
+    expected = _texts(tiny_chat_model.batch(["hello", "x"]))
+    spy.sizes.clear()
+    out = tiny_chat_model.batch(["hello", "bad \ud800 text", "x"], return_exceptions=True)
+    assert isinstance(out[1], ValueError)
+    assert "surrogate" in str(out[1])
+    assert "U+D800" in str(out[1])
+    assert _texts([out[0], out[2]]) == expected
+    assert spy.sizes == [2]  # the good prompts still share one generate call
+    with pytest.raises(ValueError, match="surrogate"):
+        tiny_chat_model.invoke([SystemMessage("ok"), HumanMessage("\udfff")])
+
+
+def test_failed_item_does_not_hold_up_its_batch(
+    tiny_chat_model: ChatLocalModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A prompt rejected before it reaches the batcher must not leave the batcher
+    # waiting for it (up to gather_s) before the others run.
+    monkeypatch.setattr(ChatLocalModel, "_gather_s", 30.0)
+    start = time.monotonic()
+    out = tiny_chat_model.batch(["hello", "\ud800", "x"], return_exceptions=True)
+    assert isinstance(out[1], ValueError)
+    assert time.monotonic() - start < 20
 
 
 def test_concurrent_invokes_are_safe_and_coalesce(
