@@ -292,11 +292,6 @@ class ChatLocalModel(BaseChatModel):
             },
         )
 
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
     def _request(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
     ) -> tuple[list[dict[str, str]], GenerationParams, BatchTicket | None]:
@@ -312,6 +307,11 @@ class ChatLocalModel(BaseChatModel):
                 self._get_batcher().withdraw(ticket)
             raise
 
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
         future = self._get_batcher().submit(*self._request(messages, stop, kwargs))

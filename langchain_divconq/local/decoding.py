@@ -172,6 +172,14 @@ class MicroBatcher:
             ticket.remaining = 0
             self._cond.notify_all()
 
+    def withdraw(self, ticket: BatchTicket) -> None:
+        """Stop waiting for one request of ``ticket`` that failed before it was submitted."""
+        with self._cond:
+            if ticket.remaining > 0:
+                ticket.remaining -= 1
+                self._expected -= 1
+                self._cond.notify_all()
+
     def submit(
         self, prompt: Prompt, params: GenerationParams, ticket: BatchTicket | None = None
     ) -> Future[GenerationResult]:
@@ -189,14 +197,6 @@ class MicroBatcher:
         return future
 
     def _start_worker(self) -> None:
-    def withdraw(self, ticket: BatchTicket) -> None:
-        """Stop waiting for one request of ``ticket`` that failed before it was submitted."""
-        with self._cond:
-            if ticket.remaining > 0:
-                ticket.remaining -= 1
-                self._expected -= 1
-                self._cond.notify_all()
-
         self._worker = threading.Thread(target=self._run, name="divconq-local-batcher", daemon=True)
         self._worker.start()
 
