@@ -9,7 +9,7 @@ Reusable fixtures (session-scoped, built in-process, no network):
   special tokens (eos ``<|im_end|>`` = pad = id 2) and token counts are real.
   Its text is gibberish but deterministic under greedy decoding. Do not mutate
   the shared objects (no training in place); build your own with
-  :func:`build_tiny_model_and_tokenizer` if you need to.
+  :func:`tests.unit_tests.tiny.tiny_llama` if you need to.
 - ``tiny_chat_model``: a :class:`~langchain_divconq.local.ChatLocalModel` over
   that pair (``max_tokens=12``, greedy, ``model_name="tiny-llama"``), function-scoped.
 
@@ -24,43 +24,13 @@ one thread is steady and the tiny models do not need more.
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from typing import Any
 
 import pytest
 
+from tests.unit_tests.tiny import TINY_MODEL_NAME, build_tiny_model_and_tokenizer
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-TINY_MODEL_NAME = "tiny-llama"
-
-
-@lru_cache(maxsize=1)
-def build_tiny_model_and_tokenizer() -> tuple[Any, Any]:
-    """Build (once per process) the tiny random Llama and the real SmolLM2 tokenizer."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    from langchain_divconq.local.embedded import embedded_model_path
-
-    tokenizer = transformers.AutoTokenizer.from_pretrained(embedded_model_path())
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-        # The default 0.02 makes every prompt decode to the same newline run;
-        # larger weights give prompt-dependent text, which the tests need.
-        initializer_range=0.2,
-    )
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(config).to(torch.float32).eval()
-    return model, tokenizer
 
 
 @pytest.fixture(scope="session")

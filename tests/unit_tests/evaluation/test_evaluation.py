@@ -16,7 +16,7 @@ from langchain_divconq.evaluation.quality import decomposition_quality, rouge_l,
 from langchain_divconq.evaluation.report import EvalConfig, compare, load_results, markdown_table
 from langchain_divconq.tasks import DROPTask, Example, GSM8KTask, StrategyQATask
 from langchain_divconq.tracing.usage import estimate_tokens
-from tests.unit_tests._eval_fakes import ScriptedChatModel
+from tests.unit_tests.fakes import ScriptedChatModel
 
 QUESTIONS = {f"Q{i}": str(i * 10) for i in range(6)}  # gold answers 0, 10, ..., 50
 
@@ -110,7 +110,7 @@ def test_evaluate_limit_takes_first_examples_in_order() -> None:
 
 
 def test_evaluate_estimates_tokens_when_model_reports_none() -> None:
-    solver = _solver(report_usage=False)
+    solver = _solver(usage="none")
     chain = create_single_stage_chain(solver)
     result = evaluate(chain, _task(2), progress=False)
     stats = result.nodes["solver"]
@@ -125,7 +125,7 @@ def test_evaluate_estimates_tokens_when_model_reports_none() -> None:
 
 
 def test_evaluate_uses_custom_token_counter() -> None:
-    chain = create_single_stage_chain(_solver(report_usage=False))
+    chain = create_single_stage_chain(_solver(usage="none"))
     result = evaluate(chain, _task(2), token_counter=len, progress=False)
     assert result.nodes["solver"].output_tokens == len(
         "Nobody has apples.\nThe answer is: 0"

@@ -14,7 +14,7 @@ from langchain_divconq.local.engine.draft_model import (  # noqa: E402
     int8_draft,
     supports_int8_draft,
 )
-from tests.unit_tests._tiny import TINY_SHAPE, tiny_llama  # noqa: E402
+from tests.unit_tests.tiny import TINY_SHAPE, tiny_llama  # noqa: E402
 
 
 def _tiny(seed: int = 0, **extra: Any) -> Any:

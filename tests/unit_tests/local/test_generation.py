@@ -21,7 +21,7 @@ from langchain_divconq.local.engine.generation import (  # noqa: E402
     text_stop_checker,
 )
 from langchain_divconq.local.engine.speculation import DraftTuner, _prompt_lookup  # noqa: E402
-from tests.unit_tests._tiny import tiny_llama  # noqa: E402
+from tests.unit_tests.tiny import tiny_llama  # noqa: E402
 
 GSM8K = Path(__file__).resolve().parents[4] / "shared" / "data" / "gsm8k" / "test.jsonl"
 

@@ -1,7 +1,7 @@
 """LangChain's standard chat-model test suites, run on ChatLocalModel with the tiny model.
 
 Both suites run offline: the "integration" suite needs no server here, because
-the model runs in-process (see conftest.py for the tiny model). Capabilities the
+the model runs in-process (see tiny.py for the tiny model). Capabilities the
 local model does not have are switched off through the suites' own ``has_*`` /
 ``supports_*`` properties, so those tests skip with the suite's reason:
 
@@ -24,7 +24,7 @@ from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
 from langchain_divconq.local import ChatLocalModel
-from tests.unit_tests.conftest import TINY_MODEL_NAME, build_tiny_model_and_tokenizer
+from tests.unit_tests.tiny import TINY_MODEL_NAME, build_tiny_model_and_tokenizer
 
 
 class _LocalParams:

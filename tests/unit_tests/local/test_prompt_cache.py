@@ -39,10 +39,9 @@ def test_bad_settings() -> None:
 def test_shared_system_prompt_is_reused_with_identical_output() -> None:
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from tests.unit_tests._tiny import tiny_llama
-
     from langchain_divconq.local.engine.generation import generate_greedy
     from langchain_divconq.local.engine.prompt_cache import prompt_cache_for
+    from tests.unit_tests.tiny import tiny_llama
 
     model = tiny_llama(eos_token_id=None)
     system = list(range(10, 40))

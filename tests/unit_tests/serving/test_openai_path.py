@@ -22,12 +22,13 @@ from langchain_divconq import create_divconq_chain
 from langchain_divconq.cli import main
 from langchain_divconq.model_specs import build_solver
 from langchain_divconq.serving.app import create_app
-from tests.unit_tests.serving.serving_utils import (
+from tests.unit_tests.fakes import (
     DECOMPOSITION,
     SOLUTION,
     ScriptedChatModel,
     is_decomposer_prompt,
     running_server,
+    served_model,
 )
 
 QUESTION = "Natalia sold 48 clips in April and half as many in May. How many in all?"
@@ -36,7 +37,7 @@ SUB_QUESTIONS = DECOMPOSITION.splitlines()
 
 @pytest.fixture
 def served() -> ScriptedChatModel:
-    return ScriptedChatModel()
+    return served_model()
 
 
 @pytest.fixture
@@ -133,7 +134,7 @@ def test_divconq_ask_with_a_local_decomposer_url_and_a_fake_solver_url(
     base_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # The solver server is a second app: only --solver-base-url reaches it.
-    solver_model = ScriptedChatModel(solution="Sure.\nThe answer is: 73")
+    solver_model = served_model(solution="Sure.\nThe answer is: 73")
     with running_server(create_app(solver_model, model_id="teacher")) as solver_url:
         code = main(
             [

@@ -13,9 +13,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.messages import BaseMessage, HumanMessage
-from langchain_core.outputs import ChatResult
 
 from langchain_divconq.cli import main
 from langchain_divconq.serving.app import create_app
@@ -26,11 +24,12 @@ from langchain_divconq.serving.batcher import (
     RequestParams,
 )
 from langchain_divconq.serving.protocol import StopFilter
-from tests.unit_tests.serving.serving_utils import (
+from tests.unit_tests.fakes import (
     DECOMPOSITION,
     SOLUTION,
     ScriptedChatModel,
     running_server,
+    served_model,
 )
 
 MODEL_ID = "divconq-test"
@@ -43,7 +42,7 @@ def ask(text: str = "Natalia sold 48 clips in April and half as many in May.") -
 
 @pytest.fixture
 def scripted() -> ScriptedChatModel:
-    return ScriptedChatModel(batch_delay=0.05)
+    return served_model(batch_delay=0.05)
 
 
 @pytest.fixture
@@ -237,22 +236,8 @@ def test_unknown_route_is_openai_error(base_url: str) -> None:
     assert "error" in response.json()
 
 
-class FailingChatModel(ScriptedChatModel):
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        if "explode" in str(messages[-1].content):
-            msg = "out of memory"
-            raise RuntimeError(msg)
-        return super()._generate(messages, stop, run_manager, **kwargs)
-
-
 def test_a_failing_request_does_not_take_its_batch_or_the_server_down() -> None:
-    model = FailingChatModel(batch_delay=0.2)
+    model = served_model(batch_delay=0.2, replies={"explode": "RAISE: out of memory"})
     with running_server(create_app(model, model_id=MODEL_ID)) as url:
         client = openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=0)
 
@@ -330,7 +315,7 @@ def test_requests_with_different_params_go_to_different_batches(
 
 
 def test_overload_gets_429_not_a_crash() -> None:
-    model = ScriptedChatModel(batch_delay=0.3)
+    model = served_model(batch_delay=0.3)
     with running_server(create_app(model, model_id=MODEL_ID, max_queue=2, max_batch=1)) as url:
 
         async def run() -> list[httpx.Response]:
@@ -370,7 +355,7 @@ def test_overload_gets_429_not_a_crash() -> None:
 
 
 def test_a_request_whose_client_left_is_not_generated() -> None:
-    model = ScriptedChatModel(batch_delay=0.5)
+    model = served_model(batch_delay=0.5)
     with running_server(create_app(model, model_id=MODEL_ID, max_batch=1)) as url:
 
         async def run() -> None:
@@ -398,7 +383,7 @@ def test_a_request_whose_client_left_is_not_generated() -> None:
 
 # ---------------------------------------------------------------- the batcher
 def test_batcher_skips_cancelled_requests_and_fails_waiting_ones_on_close() -> None:
-    model = ScriptedChatModel(batch_delay=0.2)
+    model = served_model(batch_delay=0.2)
 
     async def run() -> None:
         batcher = RequestBatcher(model, max_batch=1, max_queue=3, max_wait_s=0)
@@ -427,7 +412,7 @@ def test_batcher_skips_cancelled_requests_and_fails_waiting_ones_on_close() -> N
 
 def test_batcher_rejects_bad_settings() -> None:
     with pytest.raises(ValueError, match="max_batch"):
-        RequestBatcher(ScriptedChatModel(), max_batch=0)
+        RequestBatcher(served_model(), max_batch=0)
 
 
 # ------------------------------------------------------------------------- CLI

@@ -13,7 +13,7 @@ import langchain_divconq.tasks as tasks
 from langchain_divconq.tasks import Example, GSM8KTask
 from langchain_divconq.tracing.collect import collect
 from langchain_divconq.tracing.store import JsonlTraceStore, SqliteTraceStore, open_store
-from tests.unit_tests._trace_fakes import make_chain, question
+from tests.unit_tests.fakes import make_chain, question
 
 DATA = Path(__file__).resolve().parents[3] / ".." / "shared" / "data"
 

@@ -20,7 +20,7 @@ from langchain_divconq.prompts import decomposer_messages, solver_messages
 from langchain_divconq.tracing.recorder import REDACTED, scrub_secrets
 from langchain_divconq.tracing.store import JsonlTraceStore, MemoryTraceStore
 from langchain_divconq.tracing.trace import Trace
-from tests.unit_tests._trace_fakes import EchoModel, make_chain, question
+from tests.unit_tests.fakes import ScriptedChatModel, echo_model, make_chain, question
 
 
 def _check_trace(trace: Trace, i: int) -> None:
@@ -190,7 +190,7 @@ def test_several_threads_share_one_recorder(tmp_path: Path) -> None:
 
 def test_nested_chain_and_custom_solver_runnable() -> None:
     """The chain inside an outer chain; the solver's model call nested in a lambda."""
-    solver_model = EchoModel(model_name="echo-sol", role="solver")
+    solver_model = echo_model("solver", model_name="echo-sol")
     inner = make_chain().model_copy(
         update={"solver": RunnableLambda(lambda msgs: solver_model.invoke(msgs))}
     )
@@ -221,7 +221,7 @@ def test_chain_as_agent_tool() -> None:
 
 
 def test_retried_node_keeps_the_successful_attempt() -> None:
-    solver = EchoModel(model_name="echo-sol", fail_first=1).with_retry(
+    solver = echo_model(model_name="echo-sol", fail_first=1).with_retry(
         retry_if_exception_type=(ConnectionError,), wait_exponential_jitter=False
     )
     chain = make_chain().model_copy(update={"solver": solver})
@@ -279,7 +279,7 @@ def test_strict_mode_raises_store_errors() -> None:
 
 def test_single_stage_chain_and_unreported_usage() -> None:
     recorder = TraceRecorder()
-    chain = create_single_stage_chain(EchoModel(report_usage=False), cot=True)
+    chain = create_single_stage_chain(echo_model(usage="none"), cot=True)
     chain.invoke(question(6), {"callbacks": [recorder]})
     (trace,) = recorder.store
     assert trace.decomposer is None and trace.sub_questions == []
@@ -290,12 +290,12 @@ def test_single_stage_chain_and_unreported_usage() -> None:
 
 def test_runs_outside_a_chain_are_ignored() -> None:
     recorder = TraceRecorder()
-    EchoModel().invoke(question(1), {"callbacks": [recorder]})
-    (RunnableLambda(lambda x: x) | EchoModel()).invoke(question(1), {"callbacks": [recorder]})
+    echo_model().invoke(question(1), {"callbacks": [recorder]})
+    (RunnableLambda(lambda x: x) | echo_model()).invoke(question(1), {"callbacks": [recorder]})
     assert len(recorder.store) == 0 and not recorder._runs
 
 
-class _KeyedModel(EchoModel):
+class _KeyedModel(ScriptedChatModel):
     """A model that keeps a key as a plain field and shows it in its parameters."""
 
     api_key: str = "sk-test-FAKE-FIELD-0123456789"
@@ -354,7 +354,7 @@ def test_secrets_never_reach_the_store(tmp_path: Path, monkeypatch: pytest.Monke
             "metadata": {"reference": "4", "openai_api_key": "sk-test-FAKE-META-0123456789"},
         },
     )
-    keyed = make_chain().model_copy(update={"solver": _KeyedModel()})
+    keyed = make_chain().model_copy(update={"solver": echo_model(cls=_KeyedModel)})
     keyed.invoke(question(2), {"callbacks": [recorder]})
     # The keys were really used, and the runs were really recorded...
     assert sent == ["Bearer sk-test-FAKE-ENV-0123456789", "Bearer sk-test-FAKE-KWARG-0123456789"]
@@ -414,8 +414,8 @@ def test_real_local_model_class_in_batch(tiny_chat_model: Any) -> None:
 def test_solver_swapped_at_run_time_is_named_in_the_trace() -> None:
     from langchain_core.runnables import ConfigurableField
 
-    solver = EchoModel(model_name="echo-sol").configurable_alternatives(
-        ConfigurableField(id="solver"), default_key="default", other=EchoModel(model_name="echo-b")
+    solver = echo_model(model_name="echo-sol").configurable_alternatives(
+        ConfigurableField(id="solver"), default_key="default", other=echo_model(model_name="echo-b")
     )
     chain = make_chain().model_copy(update={"solver": solver})
     recorder = TraceRecorder()

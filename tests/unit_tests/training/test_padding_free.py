@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 trl = pytest.importorskip("trl")
 
-from tests.unit_tests._tiny import tiny_llama  # noqa: E402
+from tests.unit_tests.tiny import tiny_llama  # noqa: E402
 
 
 def _examples() -> list[dict[str, Any]]:

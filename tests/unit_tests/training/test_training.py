@@ -207,7 +207,7 @@ def test_config_from_yaml_and_flag_override(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.unit_tests.conftest import build_tiny_model_and_tokenizer
+    from tests.unit_tests.tiny import build_tiny_model_and_tokenizer
 
     model, tokenizer = build_tiny_model_and_tokenizer()
     folder = tmp_path_factory.mktemp("tiny-base")
