@@ -24,15 +24,45 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TORN", "JsonlAppender", "ends_torn", "iter_lines", "read_jsonl", "write_jsonl"]
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "FAILED_WRITE_MARK",
+    "TORN",
+    "JsonlAppender",
+    "ends_torn",
+    "iter_lines",
+    "read_jsonl",
+    "write_jsonl",
+]
 
 logger = logging.getLogger(__name__)
 
 TORN = " (torn last line, probably a crash mid-write)"
 """Appended to a line's ``where`` by :func:`iter_lines` when the line lacks its newline."""
+
+FAILED_WRITE_MARK = b" <- a failed write\n"
+"""Ends the fragment of a failed write that could not be removed: no JSON value ends in it."""
+
+
+@contextmanager
+def _locked(fd: int) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``fd`` (a no-op where ``fcntl`` is missing)."""
+    if fcntl is None:
+        yield
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def ends_torn(path: str | os.PathLike[str]) -> bool:
@@ -122,8 +152,15 @@ class JsonlAppender:
     """Append whole lines to a JSONL file: one ``write`` per call on an ``O_APPEND`` file.
 
     Safe for several threads (a lock) and for several processes appending to the
-    same file. Before the first write, and again after any failed write, it checks
-    the file's tail and starts a fresh line if the last one is torn.
+    same file (each append also holds an advisory ``flock`` on the file, where the
+    platform has one). Before the first write it checks the file's tail and
+    starts a fresh line if the last one is torn (a crash mid-write).
+
+    A write that fails (a full disk, an ``fsync`` error, an interrupt) leaves no
+    record behind: the file is cut back to where that write began, so what the
+    caller was told failed is never read later, and what it was told succeeded
+    always is. Where the cut itself fails, the next write ends the fragment with
+    :data:`FAILED_WRITE_MARK`, which keeps it from ever parsing as a record.
 
     Args:
         path: The file; created (with its folder) on the first write.
@@ -139,28 +176,53 @@ class JsonlAppender:
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._check_tail = True
+        self._poison_tail = False
 
     def append(self, payload: bytes) -> None:
-        """Write ``payload`` (one or more complete lines, each ending in a newline)."""
+        """Write ``payload`` (one or more complete lines, each ending in a newline).
+
+        Raises:
+            OSError: The write failed; nothing of ``payload`` is left readable.
+
+        """
         with self._lock:
             if self._fd is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, self.mode)
-            if self._check_tail:
-                if ends_torn(self.path):
-                    payload = b"\n" + payload
-                self._check_tail = False
-            try:
-                view = memoryview(payload)
-                while view:
-                    written = os.write(self._fd, view)
-                    view = view[written:]
+            fd = self._fd
+            with _locked(fd):
+                if self._check_tail:
+                    if ends_torn(self.path):
+                        payload = (FAILED_WRITE_MARK if self._poison_tail else b"\n") + payload
+                    self._check_tail = self._poison_tail = False
+                start = os.fstat(fd).st_size
+                try:
+                    view = memoryview(payload)
+                    while view:
+                        written = os.write(fd, view)
+                        view = view[written:]
+                    if self.fsync:
+                        os.fsync(fd)
+                except BaseException:
+                    self._undo(fd, start)
+                    raise
+
+    def _undo(self, fd: int, start: int) -> None:
+        """Cut the file back to ``start`` after a failed write (the file lock is held)."""
+        self._check_tail = True
+        try:
+            if os.fstat(fd).st_size > start:
+                os.ftruncate(fd, start)
                 if self.fsync:
-                    os.fsync(self._fd)
-            except BaseException:
-                # Part of the payload may be on disk: repair the tail before the next write.
-                self._check_tail = True
-                raise
+                    os.fsync(fd)
+        except OSError as exc:
+            self._poison_tail = True
+            logger.warning(
+                "%s: could not remove the fragment of a failed write (%s); the next write "
+                "marks it so that it is never read as a record",
+                self.path,
+                exc,
+            )
 
     def append_json(self, rows: Iterable[Any]) -> int:
         """Append each row as one JSON line in a single write; return how many."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -258,3 +259,101 @@ def test_four_processes_writing_at_once_lose_nothing(tmp_path: Path, kind: str) 
     for w in range(4):
         mine = [t.trace_id for t in store if t.trace_id.startswith(f"w{w}-")]
         assert mine == [f"w{w}-{k}" for k in range(count)]
+
+
+# --------------------------------------------------------------------- a full disk
+class _FullDisk:
+    """Makes the next ``os.write`` to ``path`` write ``keep(payload)`` bytes, then fail (ENOSPC)."""
+
+    def __init__(self, path: Path, keep: Callable[[int], int]) -> None:
+        self.path = path
+        self.keep = keep
+        self.armed = False
+        self.real = os.write
+
+    def __call__(self, fd: int, data: bytes | memoryview) -> int:
+        if self.armed and self.path.exists() and os.path.samestat(os.fstat(fd), self.path.stat()):
+            self.armed = False
+            part = self.keep(len(data))
+            if part:
+                self.real(fd, bytes(data)[:part])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.real(fd, data)
+
+
+_SPLITS: dict[str, Callable[[int], int]] = {
+    "half": lambda n: n // 2,
+    "all-but-newline": lambda n: n - 1,  # a complete JSON object without its newline
+    "nothing": lambda n: 0,
+    "one-byte": lambda n: 1,
+}
+
+
+@pytest.mark.parametrize("split", sorted(_SPLITS))
+def test_jsonl_recorder_count_matches_readable_after_a_failed_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, split: str
+) -> None:
+    from langchain_core.language_models import FakeListChatModel
+
+    from langchain_divconq import create_divconq_chain
+    from langchain_divconq.tracing.recorder import TraceRecorder
+
+    path = tmp_path / "t.jsonl"
+    recorder = TraceRecorder(JsonlTraceStore(path))
+    chain = create_divconq_chain(
+        FakeListChatModel(responses=["How many?"]),
+        FakeListChatModel(responses=["The answer is: 4"]),
+    )
+    full = _FullDisk(path, _SPLITS[split])
+    monkeypatch.setattr(os, "write", full)
+    config: dict[str, object] = {"callbacks": [recorder]}
+    chain.invoke("Q0?", config)  # type: ignore[arg-type]
+    full.armed = True
+    chain.invoke("Q-lost?", config)  # type: ignore[arg-type]  # the disk is full
+    assert not full.armed
+    for i in range(1, 6):
+        chain.invoke(f"Q{i}?", config)  # type: ignore[arg-type]
+    assert recorder.write_errors == 1
+    readable = _questions(JsonlTraceStore(path))
+    assert readable == ["Q0?", "Q1?", "Q2?", "Q3?", "Q4?", "Q5?"]
+    assert recorder.recorded == len(readable) == len(JsonlTraceStore(path))
+
+
+@pytest.mark.parametrize("split", sorted(_SPLITS))
+def test_jsonl_add_many_after_a_failed_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, split: str
+) -> None:
+    path = tmp_path / "t.jsonl"
+    store = JsonlTraceStore(path)
+    store.add(Trace(question="before?"))
+    full = _FullDisk(path, _SPLITS[split])
+    monkeypatch.setattr(os, "write", full)
+    full.armed = True
+    with pytest.raises(OSError, match="No space"):
+        store.add_many([Trace(question="lost 1?"), Trace(question="lost 2?")])
+    store.add_many([Trace(question=f"after {i}?") for i in range(3)])
+    store.add(Trace(question="last?"))
+    expected = ["before?", "after 0?", "after 1?", "after 2?", "last?"]
+    assert _questions(JsonlTraceStore(path)) == expected
+    assert len(JsonlTraceStore(path)) == 5
+
+
+def test_jsonl_failed_write_that_cannot_be_cut_back_is_never_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "t.jsonl"
+    store = JsonlTraceStore(path)
+    store.add(Trace(question="before?"))
+    full = _FullDisk(path, _SPLITS["all-but-newline"])
+    monkeypatch.setattr(os, "write", full)
+
+    def no_truncate(fd: int, length: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "ftruncate", no_truncate)
+    full.armed = True
+    with caplog.at_level(logging.WARNING), pytest.raises(OSError, match="No space"):
+        store.add(Trace(question="lost?"))
+    assert "failed write" in caplog.text
+    store.add(Trace(question="after?"))
+    assert _questions(JsonlTraceStore(path)) == ["before?", "after?"]
