@@ -35,10 +35,10 @@ from typing import Any
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import FakeListChatModel
-from langchain_divconq.store import JsonlTraceStore, SqliteTraceStore, TraceStore
-from langchain_divconq.trace import Trace
 
 from langchain_divconq import TraceRecorder, create_divconq_chain
+from langchain_divconq.tracing.store import JsonlTraceStore, SqliteTraceStore, TraceStore
+from langchain_divconq.tracing.trace import Trace
 
 DECOMPOSITION = "How many clips did Natalia sell in May?\nHow many clips did she sell in all?"
 SOLUTION = "In May she sold 48 / 2 = 24 clips.\nIn all she sold 48 + 24 = 72.\nThe answer is: 72"

@@ -24,18 +24,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from langchain_divconq.draft_model import drafter_for, supports_int8_draft
-from langchain_divconq.embedded import embedded_model_path
-from langchain_divconq.generation import (
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from langchain_divconq import prompts
+from langchain_divconq.local.embedded import embedded_model_path
+from langchain_divconq.local.engine.draft_model import drafter_for, supports_int8_draft
+from langchain_divconq.local.engine.generation import (
     decomposer_stop,
     generate_greedy,
     text_stop_checker,
 )
-from langchain_divconq.prompt_cache import prompt_cache_for
-from langchain_divconq.speculation import _prompt_lookup
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-from langchain_divconq import prompts
+from langchain_divconq.local.engine.prompt_cache import prompt_cache_for
+from langchain_divconq.local.engine.speculation import _prompt_lookup
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
 

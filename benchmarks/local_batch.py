@@ -49,8 +49,9 @@ def _questions(n: int) -> list[str]:
 
 def _tiny_model(max_tokens: int, batch_size: int) -> ChatLocalModel:
     import torch
-    from langchain_divconq.embedded import embedded_model_path
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from langchain_divconq.local.embedded import embedded_model_path
 
     tok = AutoTokenizer.from_pretrained(embedded_model_path())
     config = LlamaConfig(

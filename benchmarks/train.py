@@ -33,9 +33,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "training"))
 
-from langchain_divconq.embedded import resolve_base_model  # noqa: E402
 from shipped_decomposer import DATA, load_traces  # noqa: E402
 
+from langchain_divconq.local.embedded import resolve_base_model  # noqa: E402
 from langchain_divconq.training import DistillConfig, build_dataset, distill  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -5,7 +5,7 @@
 Imports GSM8K train_socratic as traces, builds an SD-T dataset (5% of the train
 questions held out for the eval loss; the test split is never touched), trains
 with ``distill`` and, with ``--install``, copies the adapter into
-``langchain_divconq/adapters/gsm8k-decomposer/`` where ``load_decomposer()`` finds it.
+``langchain_divconq/local/adapters/gsm8k-decomposer/`` where ``load_decomposer()`` finds it.
 """
 
 from __future__ import annotations
@@ -17,15 +17,14 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from langchain_divconq.interop import import_gsm8k_socratic
-from langchain_divconq.trace import Trace
-
+from langchain_divconq.tracing.importers import import_gsm8k_socratic
+from langchain_divconq.tracing.trace import Trace
 from langchain_divconq.training import DistillConfig, build_dataset, distill
 from langchain_divconq.training.config import add_config_arguments, config_from_args
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "gsm8k" / "train_socratic.jsonl"
-PACKAGE_ADAPTER = ROOT / "langchain_divconq" / "adapters" / "gsm8k-decomposer"
+PACKAGE_ADAPTER = ROOT / "langchain_divconq" / "local" / "adapters" / "gsm8k-decomposer"
 SHIPPED_FILES = ("adapter_config.json", "adapter_model.safetensors", "divconq_adapter.json")
 
 

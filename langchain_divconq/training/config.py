@@ -289,7 +289,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             type=_field_parser(hints[f.name]),
             default=None,
             metavar=f.name.upper(),
-            help=docs.get(f.name, ""),
+            # argparse %-formats help text; a literal "%" in a field doc must be doubled.
+            help=docs.get(f.name, "").replace("%", "%%"),
         )
 
 
