@@ -54,7 +54,7 @@ __all__ = ["ChatLocalModel"]
 logger = logging.getLogger(__name__)
 
 LOCAL_EXTRA = "pip install 'langchain-divconq[local]'"
-_CALL_KWARGS = frozenset({"max_tokens", "temperature", "top_p", "max_lines"})
+_CALL_KWARGS = frozenset({"max_tokens", "temperature", "top_p", "max_lines", "no_repeat_lines"})
 _IGNORED_KWARGS = frozenset({"stream"})  # LangChain's own streaming switch
 _BATCHER_INIT = threading.Lock()
 
@@ -163,6 +163,9 @@ class ChatLocalModel(BaseChatModel):
     """Default stop strings; the output is cut before the first one (not included)."""
     max_lines: int | None = Field(default=None, gt=0)
     """Stop once this many non-empty lines are complete (the decomposer needs only a few)."""
+    no_repeat_lines: bool = False
+    """Stop when a complete line repeats an earlier one, and drop the repeat (the decomposer
+    turns it on: a repeated sub-question is never emitted, streamed or not)."""
     batch_size: int = Field(default=16, gt=0)
     """Most prompts per ``generate`` call."""
     device: str | None = None
@@ -253,6 +256,7 @@ class ChatLocalModel(BaseChatModel):
             "top_p": self.top_p,
             "stop": self.stop,
             "max_lines": self.max_lines,
+            "no_repeat_lines": self.no_repeat_lines,
         }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
@@ -280,6 +284,7 @@ class ChatLocalModel(BaseChatModel):
             top_p=float(kwargs.get("top_p", self.top_p)),
             stop=tuple(stops or ()),
             max_lines=kwargs.get("max_lines", self.max_lines),
+            no_repeat_lines=bool(kwargs.get("no_repeat_lines", self.no_repeat_lines)),
         )
 
     def _message(self, result: GenerationResult) -> AIMessage:
@@ -367,6 +372,8 @@ class ChatLocalModel(BaseChatModel):
                     continue
                 text, cut = cut_text(text, params)
                 safe = len(text) if cut else len(text) - held_back(text, params.stop)
+                if params.no_repeat_lines and not cut:
+                    safe = min(safe, text.rfind("\n") + 1)  # an unfinished line may repeat
                 if safe > len(emitted):
                     yield ChatGenerationChunk(
                         message=AIMessageChunk(content=text[len(emitted) : safe])
@@ -554,7 +561,9 @@ class ChatLocalModel(BaseChatModel):
             encoded,
             max_new_tokens=params.max_tokens,
             eos_token_ids=self._eos_list,
-            stop_checker=stop_hit if params.stop or params.max_lines else None,
+            stop_checker=stop_hit
+            if params.stop or params.max_lines or params.no_repeat_lines
+            else None,
             pad_token_id=self._pad_id,
             draft=self.draft,
         )
@@ -573,7 +582,7 @@ class ChatLocalModel(BaseChatModel):
                 eos = not stopped  # after a stop string, these are padding
                 break
             real.append(token)
-        text, cut = cut_text(self._decode(real), params)
+        text, cut = cut_text(self._decode(real), params, final=True)
         return GenerationResult(
             text=text,
             input_tokens=n_in,

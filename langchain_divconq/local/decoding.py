@@ -44,6 +44,7 @@ class GenerationParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     max_lines: int | None = None
+    no_repeat_lines: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -74,10 +75,14 @@ class GenerationResult:
     finish_reason: Literal["stop", "length"]
 
 
-def cut_text(text: str, params: GenerationParams) -> tuple[str, bool]:
+def cut_text(text: str, params: GenerationParams, *, final: bool = False) -> tuple[str, bool]:
     """Cut ``text`` before the first stop string and after ``max_lines`` complete lines.
 
-    Returns the cut text and whether anything stopped it.
+    With ``no_repeat_lines`` it is also cut before the first complete line that
+    repeats an earlier one (:func:`~langchain_divconq.local.engine.stopping.repeated_line_start`),
+    so a repeated sub-question is never returned; ``final`` says generation has
+    ended, so the last line is complete too. Returns the cut text and whether
+    anything stopped it.
 
     Example:
         >>> cut_text("Why? How? STOP more", GenerationParams(8, stop=("STOP",)))
@@ -88,6 +93,12 @@ def cut_text(text: str, params: GenerationParams) -> tuple[str, bool]:
     hits = [i for i in (text.find(s) for s in params.stop) if i >= 0]
     if hits:
         text, cut = text[: min(hits)], True
+    if params.no_repeat_lines:
+        from langchain_divconq.local.engine.stopping import repeated_line_start
+
+        start = repeated_line_start(text + "\n" if final else text)
+        if start is not None:
+            text, cut = text[:start].rstrip("\n"), True
     if params.max_lines is not None:
         done, pos = 0, 0
         while (nl := text.find("\n", pos)) >= 0:
@@ -296,7 +307,8 @@ class StopCriteria:
             tail = decode(generated[-self.window :])
             if any(s in tail for s in self.params.stop):
                 return True
-        if self.params.max_lines is not None and "\n" in decode(generated[-1:]):
+        lines = self.params.max_lines is not None or self.params.no_repeat_lines
+        if lines and "\n" in decode(generated[-1:]):
             return cut_text(decode(generated), self.params)[1]
         return False
 

@@ -13,12 +13,50 @@ from typing import Any
 from langchain_divconq.local.chat_model import LOCAL_EXTRA, ChatLocalModel, require_local
 from langchain_divconq.prompts import DEFAULT_MAX_SUB_QUESTIONS
 
-__all__ = ["DEFAULT_ADAPTER_DIR", "load_decomposer", "load_local_model"]
+__all__ = [
+    "ADAPTERS_DIR",
+    "DEFAULT_ADAPTER_DIR",
+    "load_decomposer",
+    "load_local_model",
+    "resolve_adapter",
+]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_ADAPTER_DIR = Path(__file__).parent / "adapters" / "gsm8k-decomposer"
-"""The packaged distilled decomposer adapter."""
+ADAPTERS_DIR = Path(__file__).parent / "adapters"
+"""Where the packaged adapters live; each sub-folder is loadable by its name."""
+
+DEFAULT_ADAPTER_DIR = ADAPTERS_DIR / "gsm8k-decomposer"
+"""The packaged decomposer adapter that ``adapter="default"`` loads."""
+
+
+def resolve_adapter(adapter: str | Path | None) -> Path | None:
+    """Turn an ``adapter`` argument into a folder: ``"default"``, a packaged name, or a path.
+
+    ``"default"`` is :data:`DEFAULT_ADAPTER_DIR` (None when it is missing); a bare name
+    such as ``"gsm8k-decomposer"`` or ``"general-decomposer"`` is a folder under
+    :data:`ADAPTERS_DIR` when one has that name; anything else is a path.
+
+    Example:
+        >>> resolve_adapter("gsm8k-decomposer").name
+        'gsm8k-decomposer'
+
+    """
+    if adapter is None:
+        return None
+    if isinstance(adapter, str) and adapter == "default":
+        if (DEFAULT_ADAPTER_DIR / "adapter_config.json").is_file():
+            return DEFAULT_ADAPTER_DIR
+        logger.info(
+            "No packaged decomposer adapter in %s yet; using the base model alone.",
+            DEFAULT_ADAPTER_DIR,
+        )
+        return None
+    if isinstance(adapter, str) and "/" not in adapter and "\\" not in adapter:
+        packaged = ADAPTERS_DIR / adapter
+        if (packaged / "adapter_config.json").is_file():
+            return packaged
+    return Path(adapter).expanduser()
 
 
 def _check_path_arg(value: object, name: str) -> None:
@@ -120,14 +158,16 @@ def load_decomposer(
 
     Args:
         base: As in :func:`load_local_model` (None = the embedded SmolLM2).
-        adapter: ``"default"`` for the packaged adapter (the base model alone until
-            one ships), None for the base model alone, or a peft adapter folder.
+        adapter: ``"default"`` for the packaged default adapter, the name of a packaged
+            adapter (``"gsm8k-decomposer"``, ``"general-decomposer"``), None for the
+            base model alone, or a peft adapter folder.
         device: As in :func:`load_local_model`.
         dtype: As in :func:`load_local_model`.
         max_sub_questions: Generation stops once this many lines plus one (room for a
             preamble line) are complete, since the parser keeps at most this many.
         **chat_kwargs: Fields of :class:`ChatLocalModel`; defaults: greedy,
-            ``max_tokens=128``.
+            ``max_tokens=128``, ``no_repeat_lines=True`` (decoding stops at a line that
+            repeats an earlier one, and the repeat is dropped).
 
     Example:
         >>> decomposer = load_decomposer(adapter=None)
@@ -135,16 +175,10 @@ def load_decomposer(
         4
 
     """
-    if isinstance(adapter, str) and adapter == "default":
-        if (DEFAULT_ADAPTER_DIR / "adapter_config.json").is_file():
-            adapter = DEFAULT_ADAPTER_DIR
-        else:
-            logger.info(
-                "No packaged decomposer adapter in %s yet; using the base model alone.",
-                DEFAULT_ADAPTER_DIR,
-            )
-            adapter = None
+    _check_path_arg(adapter, "adapter")
+    adapter = resolve_adapter(adapter)
     chat_kwargs.setdefault("max_tokens", 128)
     chat_kwargs.setdefault("temperature", 0.0)
     chat_kwargs.setdefault("max_lines", max_sub_questions + 1)
+    chat_kwargs.setdefault("no_repeat_lines", True)
     return load_local_model(base, adapter, device=device, dtype=dtype, **chat_kwargs)

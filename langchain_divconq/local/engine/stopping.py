@@ -7,12 +7,19 @@ every token; :func:`text_stop_checker` adapts a text checker such as
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from langchain_divconq.prompts import NO_DECOMPOSITION, parse_sub_questions
 
-__all__ = ["TokenStopChecker", "decomposer_stop", "stop_strings", "text_stop_checker"]
+__all__ = [
+    "TokenStopChecker",
+    "decomposer_stop",
+    "repeated_line_start",
+    "stop_strings",
+    "text_stop_checker",
+]
 
 TokenStopChecker = Callable[[Sequence[int]], bool]
 """Called with a row's new token ids so far; ``True`` ends that row there."""
@@ -34,7 +41,48 @@ def stop_strings(stops: Sequence[str]) -> Callable[[str], bool]:
     return check
 
 
-def decomposer_stop(max_sub_questions: int) -> Callable[[str], bool]:
+_LINE_PREFIX = re.compile(r"^(?:[-*+\u2022>]+|\(?\d+[.):\]]|q\d+\s*[.):\-])\s*", re.IGNORECASE)
+
+
+def _line_key(line: str) -> str:
+    """Return a line without numbering or bullets, lowercased, without spacing or end marks."""
+    line = line.replace("**", "").strip()
+    previous = None
+    while previous != line:
+        previous = line
+        line = _LINE_PREFIX.sub("", line, count=1).strip()
+    return " ".join(line.lower().split()).rstrip(" ?.!:;")
+
+
+def repeated_line_start(text: str) -> int | None:
+    r"""Return where the first complete line that repeats an earlier line starts, or None.
+
+    Lines count as complete once a newline ends them; they are compared without
+    numbering, bullets, case, spacing or end punctuation, so ``2. How many eggs?``
+    repeats ``1. how many eggs``. Blank lines never repeat. Cutting the text at
+    the returned offset keeps every line before the repeat.
+
+    Example:
+        >>> repeated_line_start("1. How many eggs?\n2. How much money?\n3. How many eggs?\n")
+        37
+        >>> repeated_line_start("How many eggs?\nHow many eggs?")  # the last one is unfinished
+        >>> repeated_line_start("A?\nB?\n") is None
+        True
+
+    """
+    seen: set[str] = set()
+    pos = 0
+    while (end := text.find("\n", pos)) >= 0:
+        key = _line_key(text[pos:end])
+        if key:
+            if key in seen:
+                return pos
+            seen.add(key)
+        pos = end + 1
+    return None
+
+
+def decomposer_stop(max_sub_questions: int, *, no_repeat: bool = True) -> Callable[[str], bool]:
     r"""Return a text checker that ends a decomposition as soon as its plan is complete.
 
     It fires when the first line is the sentinel :data:`~langchain_divconq.prompts.NO_DECOMPOSITION`
@@ -47,6 +95,8 @@ def decomposer_stop(max_sub_questions: int) -> Callable[[str], bool]:
         >>> stop = decomposer_stop(2)
         >>> stop("How many eggs?\n"), stop("How many eggs?\nHow much money?\n")
         (False, True)
+        >>> stop("How many eggs?\nHow many eggs?\n")
+        True
 
     """
     if max_sub_questions < 1:
@@ -58,6 +108,8 @@ def decomposer_stop(max_sub_questions: int) -> Callable[[str], bool]:
             return False  # the last line is still being written
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         if lines and lines[0].strip(" .").upper() == NO_DECOMPOSITION:
+            return True
+        if no_repeat and repeated_line_start(text) is not None:
             return True
         return len(parse_sub_questions(text, max_sub_questions=10_000)) >= max_sub_questions
 

@@ -252,7 +252,8 @@ def test_decomposer_stop() -> None:
     assert not stop("Sure, here they are:\n1. How many eggs are laid?\n")
     assert not stop("1. How many eggs are laid?\n2. How many are eaten?")
     assert stop("1. How many eggs are laid?\n2. How many are eaten?\n")
-    assert not stop("1. How many eggs?\n1. How many eggs?\n")  # duplicates count once
+    assert stop("1. How many eggs?\n1. How many eggs?\n")  # a repeat ends the plan (#12)
+    assert not decomposer_stop(2, no_repeat=False)("1. How many eggs?\n1. How many eggs?\n")
     text = "1. How many eggs?\n2. How many are sold?\n"
     assert prompts.parse_sub_questions(text, 2) == prompts.parse_sub_questions(text + "3. More?", 2)
     with pytest.raises(ValueError, match="max_sub_questions"):
