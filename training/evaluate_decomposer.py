@@ -1,115 +1,245 @@
-"""Decomposition quality of the base model vs a distilled decomposer adapter.
+"""Decomposition quality of decomposer adapters against a trivial plan, per task.
 
-    python training/evaluate_decomposer.py --gsm8k-limit 100 --cross svamp --cross-limit 100
+    python training/evaluate_decomposer.py --adapters gsm8k-decomposer general-decomposer \
+        --gold-limit 100 --cross-limit 50 --threads 1 --out runs/eval-decomposers.json
 
-On GSM8K test (held out from training) it reports, per decomposer, the share of
-outputs that parse into 1..3 sub-questions and their best-match token F1 and
-ROUGE-L against the gold Socratic sub-questions
-(:func:`langchain_divconq.quality.decomposition_quality`). On the cross-domain
-task (SVAMP or MultiArith, never trained on; no gold sub-questions) it reports
-the parse rate and the mean number of sub-questions. Both decomposers go through
-``load_decomposer`` and the chain's prompt. The last line printed is a JSON object.
+Decomposers: each ``--adapters`` entry (a packaged adapter name, ``default``, ``base`` for
+no adapter, or a folder), loaded with ``load_decomposer`` and sent the chain's prompt,
+plus the trivial baseline plan (the question's last sentence as the only sub-question).
+
+Tasks, each a seeded random sample (``--seed``) of the split, never trained on:
+
+* gold-scored: GSM8K test (Socratic gold sub-questions) and StrategyQA dev;
+  parse / well-formed / NO_SUBQUESTIONS / repeat rates, mean count against the gold
+  count capped at N, count match, gold-averaged token F1 with a 95% bootstrap interval,
+  and the paired difference to the trivial plan with its interval;
+* gold-free: SVAMP, MultiArith, Bamboogle (N=2, the task's plan size), DROP (with its
+  passage): parse / well-formed / NO_SUBQUESTIONS / repeat rates, mean count, and the
+  share of plans that only copy the question's last sentence.
+
+Repeats are measured twice from one generation: the *raw* repeat rate with the
+no-repeat rule off, and after the rule (``no_repeat_lines``, on by default in
+``load_decomposer``), which under greedy decoding yields exactly the raw text cut
+before its first repeated line; ``--check-rule N`` regenerates N prompts with the rule
+on and checks that equality. The last line printed is a JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import time
 from pathlib import Path
 from typing import Any
 
-from langchain_divconq.quality import decomposition_quality
-
-from langchain_divconq.local import DEFAULT_ADAPTER_DIR, load_decomposer
-from langchain_divconq.prompts import decomposer_messages, message_text, parse_sub_questions
-from langchain_divconq.tasks import load_task
+from langchain_divconq.evaluation.quality import (
+    bootstrap_ci,
+    decomposer_outputs,
+    plan_stats,
+    quality_from_outputs,
+    trivial_plan,
+)
+from langchain_divconq.local import load_decomposer
+from langchain_divconq.local.decoding import GenerationParams, cut_text
+from langchain_divconq.tasks import Task, load_task
 
 ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+GOLD_TASKS = {"gsm8k": "test", "strategyqa": "dev"}
+CROSS_TASKS = {"svamp": "test", "multiarith": "test", "bamboogle": "test", "drop": "dev"}
+TRIVIAL = "trivial plan"
 
 
-def _cross_domain(model: Any, name: str, limit: int, n_max: int) -> dict[str, Any]:
-    task = load_task(name, data_dir=ROOT.parent / "shared" / "data")
-    examples = task.examples[:limit]
-    prompts = [
-        decomposer_messages(e.question, e.context, max_sub_questions=n_max) for e in examples
-    ]
-    replies = model.batch(prompts)
-    parsed = [parse_sub_questions(message_text(r), n_max) for r in replies]
+def _sample(task: Task, limit: int, seed: int) -> Task:
+    examples = list(task.examples)
+    if limit < len(examples):
+        picks = sorted(random.Random(seed).sample(range(len(examples)), limit))
+        examples = [examples[i] for i in picks]
+    return task.model_copy(update={"examples": examples})
+
+
+def _load_tasks(args: argparse.Namespace) -> list[tuple[Task, bool]]:
+    tasks: list[tuple[Task, bool]] = []
+    for name in args.tasks:
+        gold = name in GOLD_TASKS
+        split = GOLD_TASKS.get(name) or CROSS_TASKS[name]
+        task = load_task(name, split=split, data_dir=args.data_dir)
+        limit = args.gold_limit if gold else args.cross_limit
+        tasks.append((_sample(task, limit, args.seed), gold))
+    return tasks
+
+
+def _max_sub_questions(task: Task) -> int:
+    return int(getattr(task, "max_sub_questions", None) or 3)
+
+
+def _after_rule(raw: dict[str, Any], n_max: int, max_tokens: int) -> dict[str, Any]:
+    params = GenerationParams(max_tokens, max_lines=n_max + 1, no_repeat_lines=True)
     return {
-        "task": name,
-        "n": len(examples),
-        "parse_rate": sum(1 <= len(p) <= n_max for p in parsed) / len(examples),
-        "mean_predicted": sum(len(p) for p in parsed) / len(examples),
-        "samples": [message_text(r) for r in replies[:3]],
+        k: v if isinstance(v, BaseException) else cut_text(v, params, final=True)[0]
+        for k, v in raw.items()
     }
 
 
-def evaluate(adapter: str | None, args: argparse.Namespace) -> dict[str, Any]:
-    started = time.perf_counter()
-    model = load_decomposer(
-        adapter=adapter, max_tokens=args.max_new_tokens, batch_size=args.batch_size
+def _summary(task: Task, outputs: dict[str, Any], gold: bool, n_max: int) -> dict[str, Any]:
+    stats = plan_stats(task, outputs, max_sub_questions=n_max).model_dump()
+    if not gold:
+        return stats
+    quality = quality_from_outputs(task, outputs, max_sub_questions=n_max)
+    stats.update(
+        token_f1=quality.token_f1,
+        token_f1_ci=quality.token_f1_ci,
+        count_match=quality.count_match,
+        mean_gold=quality.mean_gold,
+        mean_gold_capped=sum(min(len(r.gold), n_max) for r in quality.records) / quality.n,
+        per_question_f1={r.id: r.token_f1 for r in quality.records},
     )
-    gsm8k = load_task("gsm8k", split="test", data_dir=ROOT.parent / "shared" / "data")
-    quality = decomposition_quality(
-        model, gsm8k, limit=args.gsm8k_limit, batch_size=args.batch_size, max_concurrency=1
-    )
-    result: dict[str, Any] = {
-        "decomposer": "base (no adapter)" if adapter is None else f"adapter {adapter}",
-        "gsm8k_test": {
-            "n": quality.n,
-            "parse_rate": quality.parse_rate,
-            "token_f1": quality.token_f1,
-            "rouge_l": quality.rouge_l,
-            "count_match": quality.count_match,
-            "mean_predicted": quality.mean_predicted,
-            "samples": [r.output for r in quality.records[:3]],
-        },
+    return stats
+
+
+def _with_deltas(results: dict[str, dict[str, Any]]) -> None:
+    """Add each decomposer's paired F1 difference to the trivial plan (with its interval)."""
+    base = results[TRIVIAL].get("per_question_f1")
+    if not base:
+        return
+    for summary in results.values():
+        mine = summary.get("per_question_f1")
+        if mine is None:
+            continue
+        diffs = [mine[k] - base[k] for k in base]
+        summary["delta_vs_trivial"] = sum(diffs) / len(diffs)
+        summary["delta_vs_trivial_ci"] = bootstrap_ci(diffs)
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    tasks = _load_tasks(args)
+    report: dict[str, Any] = {
+        "seed": args.seed,
+        "tasks": {},
+        "decomposers": [TRIVIAL, *args.adapters],
+        "seconds": {},
+        "sample_ids": {t.name: [e.id for e in t.examples] for t, _ in tasks},
     }
-    if args.cross_limit > 0:
-        result["cross"] = _cross_domain(model, args.cross, args.cross_limit, 3)
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    return result
+    raw_by: dict[str, dict[str, dict[str, Any]]] = {}
+    for adapter in args.adapters:
+        started = time.perf_counter()
+        model = load_decomposer(
+            adapter=None if adapter == "base" else adapter,
+            max_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            no_repeat_lines=False,  # raw outputs; the rule is applied below, exactly
+        )
+        raw_by[adapter] = {}
+        for task, _ in tasks:
+            n_max = _max_sub_questions(task)
+            model_n = model.model_copy(update={"max_lines": n_max + 1})
+            raw_by[adapter][task.name] = decomposer_outputs(
+                model_n,
+                task.examples,
+                max_sub_questions=n_max,
+                batch_size=args.batch_size,
+                progress=args.progress,
+            )
+        if args.check_rule:
+            ruled = model.model_copy(update={"no_repeat_lines": True})
+            task = tasks[0][0]
+            subset = task.examples[: args.check_rule]
+            got = decomposer_outputs(ruled, subset, batch_size=args.batch_size)
+            expected = _after_rule(
+                {e.id: raw_by[adapter][task.name][e.id] for e in subset}, 3, args.max_new_tokens
+            )
+            mismatches = [k for k in got if got[k] != expected[k]]
+            report.setdefault("rule_check", {})[adapter] = {
+                "n": len(subset),
+                "mismatches": mismatches,
+            }
+        report["seconds"][adapter] = round(time.perf_counter() - started, 1)
+        del model
+
+    for task, gold in tasks:
+        n_max = _max_sub_questions(task)
+        results: dict[str, dict[str, Any]] = {}
+        trivial = {e.id: trivial_plan(e.question) for e in task.examples}
+        results[TRIVIAL] = _summary(task, trivial, gold, n_max)
+        for adapter in args.adapters:
+            raw = raw_by[adapter][task.name]
+            after = _after_rule(raw, n_max, args.max_new_tokens)
+            summary = _summary(task, after, gold, n_max)
+            summary["raw_repeat_rate"] = plan_stats(task, raw, max_sub_questions=n_max).repeat_rate
+            summary["samples"] = [
+                {"question": e.question[:160], "output": after[e.id]} for e in task.examples[:3]
+            ]
+            results[adapter] = summary
+        _with_deltas(results)
+        for summary in results.values():
+            summary.pop("per_question_f1", None)
+        report["tasks"][task.name] = {"split": task.split, "n": len(task.examples), **results}
+    return report
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """Render the report as one markdown table (a row per task and decomposer)."""
+    head = (
+        "| task (n) | decomposer | parse (1..N) | well-formed | NO_SUBQ | raw repeat -> after rule "
+        "| mean # (gold, capped) | count match | token F1 [95% CI] | vs trivial [95% CI] |"
+    )
+    lines = [head, "|" + " --- |" * 10]
+    for name, task in report["tasks"].items():
+        for dec in report["decomposers"]:
+            s = task[dec]
+            repeat = _pct(s["repeat_rate"])
+            if "raw_repeat_rate" in s:
+                repeat = f"{_pct(s['raw_repeat_rate'])} -> {repeat}"
+            mean = f"{s['mean_predicted']:.2f}"
+            if "mean_gold_capped" in s:
+                mean += f" ({s['mean_gold_capped']:.2f})"
+            f1 = "-"
+            if s.get("token_f1") is not None:
+                low, high = s["token_f1_ci"]
+                f1 = f"{s['token_f1']:.3f} [{low:.3f}, {high:.3f}]"
+            delta = "-"
+            if s.get("delta_vs_trivial") is not None and dec != TRIVIAL:
+                low, high = s["delta_vs_trivial_ci"]
+                delta = f"{s['delta_vs_trivial']:+.3f} [{low:+.3f}, {high:+.3f}]"
+            lines.append(
+                f"| {name} ({task['n']}) | {dec} | {_pct(s['parse_rate'])} | "
+                f"{_pct(s['well_formed_rate'])} | {_pct(s['sentinel_rate'])} | {repeat} | {mean} | "
+                f"{_pct(s.get('count_match'))} | {f1} | {delta} |"
+            )
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--adapter", default=str(DEFAULT_ADAPTER_DIR), help="adapter folder")
-    parser.add_argument("--gsm8k-limit", type=int, default=100, help="first N test questions")
-    parser.add_argument("--cross", default="svamp", choices=["svamp", "multiarith"])
-    parser.add_argument("--cross-limit", type=int, default=100)
+    parser.add_argument("--adapters", nargs="+", default=["gsm8k-decomposer", "default"])
+    parser.add_argument(
+        "--tasks", nargs="+", default=[*GOLD_TASKS, *CROSS_TASKS], help="task names"
+    )
+    parser.add_argument("--gold-limit", type=int, default=100, help="GSM8K / StrategyQA sample")
+    parser.add_argument("--cross-limit", type=int, default=50, help="sample of the other tasks")
+    parser.add_argument("--seed", type=int, default=12, help="seed of the samples")
+    parser.add_argument("--data-dir", default=str(DATA))
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--only", choices=["base", "adapter"], default=None, help="one side only")
+    parser.add_argument("--check-rule", type=int, default=0, help="verify the rule on N prompts")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--out", default=None, help="also write the JSON result here")
+    parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--out", default=None, help="also write the JSON report here")
     args = parser.parse_args()
-
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    runs = []
-    if args.only != "adapter":
-        runs.append(evaluate(None, args))
-    if args.only != "base":
-        runs.append(evaluate(args.adapter, args))
-    for run in runs:
-        g = run["gsm8k_test"]
-        line = (
-            f"{run['decomposer']}: GSM8K test n={g['n']} parse {g['parse_rate']:.0%} "
-            f"token-F1 {g['token_f1']:.3f} ROUGE-L {g['rouge_l']:.3f}"
-        )
-        if "cross" in run:
-            c = run["cross"]
-            line += f" | {c['task']} n={c['n']} parse {c['parse_rate']:.0%}"
-        print(line + f" ({run['seconds']} s)")
-        for sample in g["samples"]:
-            print("   ", repr(sample)[:200])
-    summary = {"runs": runs}
+    report = evaluate(args)
+    print(markdown(report))
     if args.out:
-        Path(args.out).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(summary))
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

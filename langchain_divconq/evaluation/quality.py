@@ -5,17 +5,28 @@ For each question the decomposer gets the very prompt the chain sends
 with :func:`~langchain_divconq.prompts.parse_sub_questions`. Reported:
 
 * **parse rate**: share of outputs with 1..N well-formed sub-questions;
+* **well-formed rate**: share that is either such a plan or the sentinel
+  :data:`~langchain_divconq.prompts.NO_DECOMPOSITION` (an output a chain can use as it is);
 * **no-decomposition rate**: share that parsed to none (the sentinel, or no question);
+* **repeat rate**: share of *raw* outputs in which a line repeats an earlier one
+  (numbering, case, spacing and end punctuation ignored), before the parser drops it;
 * **count match**: share where the count equals ``min(#gold, N)`` (gold lists
   longer than the cap N cannot be matched in full);
 * **similarity**: for each gold sub-question, the best token F1 and the best
   ROUGE-L F-measure over the predicted ones, averaged over gold sub-questions and
   then over questions (a question with no prediction scores 0). Tokens are
   lowercased words and numbers; StrategyQA's ``#1``-style back-references are dropped.
+  The mean comes with a 95% percentile bootstrap interval over questions.
+
+:func:`trivial_plan` is the baseline every decomposer should beat: the question's
+last sentence as the only sub-question. :func:`plan_stats` gives the gold-free
+numbers (parse, well-formed, repeat and no-decomposition rates, mean count) for
+tasks without gold sub-questions (SVAMP, MultiArith, Bamboogle, DROP).
 """
 
 from __future__ import annotations
 
+import random
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -24,17 +35,28 @@ from typing import Any
 from langchain_core.runnables import Runnable, RunnableConfig
 from pydantic import BaseModel, Field
 
-from langchain_divconq.prompts import decomposer_messages, message_text, parse_sub_questions
-from langchain_divconq.tasks import Task
+from langchain_divconq.prompts import (
+    NO_DECOMPOSITION,
+    decomposer_messages,
+    message_text,
+    parse_sub_questions,
+)
+from langchain_divconq.tasks import Example, Task
 
 __all__ = [
     "DecompositionQuality",
     "DecompositionRecord",
+    "PlanStats",
+    "bootstrap_ci",
+    "decomposer_outputs",
     "decomposition_quality",
+    "has_repeated_line",
+    "plan_stats",
     "quality_from_outputs",
     "rouge_l",
     "similarity_tokens",
     "token_f1",
+    "trivial_plan",
 ]
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
@@ -66,6 +88,157 @@ def token_f1(predicted: str, gold: str) -> float:
         return 0.0
     precision, recall = common / sum(p.values()), common / sum(g.values())
     return 2 * precision * recall / (precision + recall)
+
+
+_LINE_PREFIX = re.compile(r"^(?:[-*+\u2022>]+|\(?\d+[.):\]]|q\d+\s*[.):\-])\s*", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"(?<=[.?!])\s+")
+
+
+def _line_key(line: str) -> str:
+    line = line.replace("**", "").strip()
+    previous = None
+    while previous != line:
+        previous = line
+        line = _LINE_PREFIX.sub("", line, count=1).strip()
+    return " ".join(line.lower().split()).rstrip(" ?.!:;")
+
+
+def has_repeated_line(text: str) -> bool:
+    """Whether a non-empty line of ``text`` repeats an earlier one (numbering, case ignored).
+
+    Example:
+        >>> has_repeated_line("1. How many eggs?\\n2. how many eggs")
+        True
+        >>> has_repeated_line("How many eggs?\\nHow much money?")
+        False
+
+    """
+    keys = [key for key in map(_line_key, text.splitlines()) if key]
+    return len(keys) != len(set(keys))
+
+
+def trivial_plan(question: str) -> str:
+    """Return the baseline plan: the question's last sentence as its only sub-question.
+
+    Example:
+        >>> trivial_plan("Tom has 3 bags. Each holds 4 apples. How many apples does he have?")
+        'How many apples does he have?'
+        >>> trivial_plan("Is the sky blue")
+        'Is the sky blue?'
+        >>> trivial_plan("A pen costs $1.5. What do 3 cost?")
+        'What do 3 cost?'
+
+    """
+    sentences = [s for s in _SENTENCE_END.split(" ".join(question.split())) if s.strip()]
+    last = sentences[-1] if sentences else question.strip()
+    return last if last.endswith("?") else last.rstrip(" .!") + "?"
+
+
+def bootstrap_ci(
+    values: Sequence[float], *, resamples: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (seeded, so reproducible).
+
+    Example:
+        >>> bootstrap_ci([0.5] * 10)
+        (0.5, 0.5)
+        >>> low, high = bootstrap_ci([0.0, 1.0] * 50)
+        >>> 0.39 < low < 0.5 < high < 0.61
+        True
+
+    """
+    if not values:
+        msg = "bootstrap_ci needs at least one value."
+        raise ValueError(msg)
+    if not 0 < level < 1:
+        msg = f"level must be in (0, 1), got {level}."
+        raise ValueError(msg)
+    rng = random.Random(seed)
+    n = len(values)
+    means = sorted(sum(rng.choices(values, k=n)) / n for _ in range(resamples))
+    tail = (1 - level) / 2
+    low = means[int(tail * (resamples - 1))]
+    high = means[round((1 - tail) * (resamples - 1))]
+    return low, high
+
+
+class PlanStats(BaseModel):
+    """Gold-free numbers about a decomposer's outputs on one task."""
+
+    task: str = Field(description="Task name.")
+    split: str = Field(description="Split name.")
+    n: int = Field(description="Outputs scored.")
+    max_sub_questions: int = Field(description="The cap N given to the decomposer and parser.")
+    parse_rate: float = Field(description="Share of outputs with 1..N sub-questions.")
+    well_formed_rate: float = Field(description="Share with 1..N sub-questions or the sentinel.")
+    no_decomposition_rate: float = Field(description="Share with no sub-question.")
+    sentinel_rate: float = Field(description="Share whose first line is the sentinel.")
+    repeat_rate: float = Field(description="Share of raw outputs with a repeated line.")
+    mean_predicted: float = Field(description="Mean number of parsed sub-questions.")
+    copies_question: float = Field(
+        description="Share of plans whose only sub-question is the trivial plan (token F1 >= 0.9)."
+    )
+    failures: int = Field(description="Calls that raised (scored as unparsed).")
+
+
+def _says_no_decomposition(text: str) -> bool:
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    return first.strip().strip(" .`*").upper() == NO_DECOMPOSITION
+
+
+def plan_stats(
+    task: Task,
+    outputs: Mapping[str, str | BaseException | None],
+    *,
+    max_sub_questions: int = 3,
+) -> PlanStats:
+    """Score decomposer outputs (by example id) without gold: format, repeats, counts.
+
+    Example:
+        >>> from langchain_divconq.tasks import Example, GSM8KTask
+        >>> task = GSM8KTask(name="svamp", split="test", examples=[
+        ...     Example(id="0", question="q", answer="1"),
+        ...     Example(id="1", question="r", answer="2")])
+        >>> s = plan_stats(task, {"0": "How many?\\nHow many?", "1": "NO_SUBQUESTIONS"})
+        >>> s.parse_rate, s.well_formed_rate, s.repeat_rate, s.sentinel_rate
+        (0.5, 1.0, 0.5, 0.5)
+
+    """
+    by_id: dict[str, Example] = {e.id: e for e in task.examples}
+    rows = [(by_id[i], o) for i, o in outputs.items() if i in by_id]
+    if not rows:
+        msg = f"None of the outputs matches an example of {task.name!r}; key them by Example.id."
+        raise ValueError(msg)
+    n = len(rows)
+    parsed = sum_wf = sentinel = repeats = empty = copies = failures = count = 0
+    for example, output in rows:
+        if isinstance(output, BaseException) or output is None:
+            failures += 1
+            empty += 1
+            continue
+        plan = parse_sub_questions(output, max_sub_questions)
+        says_none = _says_no_decomposition(output)
+        parsed += 1 <= len(plan) <= max_sub_questions
+        sum_wf += (1 <= len(plan) <= max_sub_questions) or (says_none and not plan)
+        sentinel += says_none
+        repeats += has_repeated_line(output)
+        empty += not plan
+        count += len(plan)
+        copies += len(plan) == 1 and token_f1(plan[0], trivial_plan(example.question)) >= 0.9
+    return PlanStats(
+        task=task.name,
+        split=task.split,
+        n=n,
+        max_sub_questions=max_sub_questions,
+        parse_rate=parsed / n,
+        well_formed_rate=sum_wf / n,
+        no_decomposition_rate=empty / n,
+        sentinel_rate=sentinel / n,
+        repeat_rate=repeats / n,
+        mean_predicted=count / n,
+        copies_question=copies / n,
+        failures=failures,
+    )
 
 
 def _lcs(a: Sequence[str], b: Sequence[str]) -> int:
@@ -103,6 +276,8 @@ class DecompositionRecord(BaseModel):
     output: str | None = Field(default=None, description="The decomposer's raw text.")
     predicted: list[str] = Field(default_factory=list, description="Parsed sub-questions.")
     parsed: bool = Field(default=False, description="1..N sub-questions were parsed.")
+    repeated: bool = Field(default=False, description="The raw output repeats a line.")
+    sentinel: bool = Field(default=False, description="The output's first line is the sentinel.")
     count_match: bool = Field(default=False, description="len(predicted) == min(len(gold), N).")
     token_f1: float = Field(default=0.0, description="Mean best-match token F1 over gold.")
     rouge_l: float = Field(default=0.0, description="Mean best-match ROUGE-L over gold.")
@@ -117,11 +292,20 @@ class DecompositionQuality(BaseModel):
     n: int = Field(description="Questions with gold sub-questions that were evaluated.")
     max_sub_questions: int = Field(description="The cap N given to the decomposer and parser.")
     parse_rate: float = Field(description="Share of outputs with 1..N sub-questions.")
+    well_formed_rate: float = Field(
+        default=0.0, description="Share with 1..N sub-questions or the sentinel."
+    )
     no_decomposition_rate: float = Field(description="Share of outputs with no sub-question.")
+    repeat_rate: float = Field(
+        default=0.0, description="Share of raw outputs with a repeated line."
+    )
     count_match: float = Field(description="Share with len(predicted) == min(len(gold), N).")
     mean_predicted: float = Field(description="Mean number of parsed sub-questions.")
     mean_gold: float = Field(description="Mean number of gold sub-questions.")
     token_f1: float = Field(description="Mean best-match token F1 (see the module docstring).")
+    token_f1_ci: tuple[float, float] | None = Field(
+        default=None, description="95% percentile bootstrap interval of token_f1 (questions)."
+    )
     rouge_l: float = Field(description="Mean best-match ROUGE-L F-measure.")
     failures: int = Field(description="Decomposer calls that raised (scored as unparsed).")
     records: list[DecompositionRecord] = Field(default_factory=list, description="Per question.")
@@ -186,12 +370,41 @@ def decomposition_quality(
         )
         raise ValueError(msg)
     examples = examples[:limit] if limit is not None else examples
+    outputs = decomposer_outputs(
+        decomposer,
+        examples,
+        max_sub_questions=max_sub_questions,
+        max_concurrency=max_concurrency,
+        batch_size=batch_size,
+        progress=progress,
+        config=config,
+        desc=f"decompose {task.name}",
+    )
+    return quality_from_outputs(task, outputs, max_sub_questions=max_sub_questions)
+
+
+def decomposer_outputs(
+    decomposer: Runnable[Any, Any],
+    examples: Sequence[Example],
+    *,
+    max_sub_questions: int = 3,
+    max_concurrency: int = 16,
+    batch_size: int = 16,
+    progress: bool = False,
+    config: RunnableConfig | None = None,
+    desc: str = "decompose",
+) -> dict[str, str | BaseException]:
+    """Send each example the chain's decomposer prompt; return the raw texts by example id.
+
+    A call that raised is returned as its exception. Arguments are as in
+    :func:`decomposition_quality`.
+    """
     bar = None
     if progress:
         try:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(examples), desc=f"decompose {task.name}", unit="q")
+            bar = tqdm(total=len(examples), desc=desc, unit="q")
         except ImportError:
             bar = None
     outputs: dict[str, str | BaseException] = {}
@@ -212,7 +425,7 @@ def decomposition_quality(
             bar.update(len(chunk))
     if bar is not None:
         bar.close()
-    return quality_from_outputs(task, outputs, max_sub_questions=max_sub_questions)
+    return outputs
 
 
 def quality_from_outputs(
@@ -247,7 +460,14 @@ def quality_from_outputs(
             record = record.model_copy(update={"error": error})
         else:
             predicted = parse_sub_questions(output, max_sub_questions)
-            record = record.model_copy(update={"output": output, "predicted": predicted})
+            record = record.model_copy(
+                update={
+                    "output": output,
+                    "predicted": predicted,
+                    "repeated": has_repeated_line(output),
+                    "sentinel": _says_no_decomposition(output),
+                }
+            )
         records.append(_score(record, max_sub_questions))
     if not records:
         msg = (
@@ -262,11 +482,14 @@ def quality_from_outputs(
         n=n,
         max_sub_questions=max_sub_questions,
         parse_rate=sum(r.parsed for r in records) / n,
+        well_formed_rate=sum(r.parsed or (r.sentinel and not r.predicted) for r in records) / n,
         no_decomposition_rate=sum(r.error is None and not r.predicted for r in records) / n,
+        repeat_rate=sum(r.repeated for r in records) / n,
         count_match=sum(r.count_match for r in records) / n,
         mean_predicted=sum(len(r.predicted) for r in records) / n,
         mean_gold=sum(len(r.gold) for r in records) / n,
         token_f1=sum(r.token_f1 for r in records) / n,
+        token_f1_ci=bootstrap_ci([r.token_f1 for r in records]),
         rouge_l=sum(r.rouge_l for r in records) / n,
         failures=sum(r.error is not None for r in records),
         records=records,

@@ -65,6 +65,9 @@ class DistillConfig:
     """LoRA scaling numerator; None means 2 * lora_r."""
     lora_dropout: float = 0.05
     """Dropout on the LoRA branch."""
+    init_adapter: str | None = None
+    """Start the LoRA weights from this adapter folder (same rank and target modules), e.g.
+    to continue a shipped adapter on new data; a checkpoint being resumed takes precedence."""
     target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
     """Module names that get LoRA weights (or ["all-linear"])."""
     learning_rate: float = 2e-4

@@ -21,7 +21,8 @@ import json
 import math
 import random
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import combinations, pairwise
 from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_core.messages import BaseMessage, convert_to_openai_messages
@@ -44,13 +45,19 @@ __all__ = [
     "Part",
     "Variant",
     "build_dataset",
+    "cap_sub_questions",
     "dataset_hash",
+    "decomposer_example",
+    "dedupe_sub_questions",
+    "mix_examples",
+    "resolve_back_references",
     "select_examples",
     "with_gold_answer",
 ]
 
 Part = Literal["decomposer", "solver"]
 Variant = Literal["SD-T", "SD-R", "SE-T", "SE-A"]
+Keep = Literal["first", "spread"]
 
 VARIANTS: dict[str, str] = {
     "SD-T": "decomposer",
@@ -104,8 +111,177 @@ def _has_decomposition(trace: Trace) -> bool:
     return trace.decomposer is not None and trace.decomposer.output is not None
 
 
+def dedupe_sub_questions(sub_questions: Sequence[str]) -> list[str]:
+    """Drop repeated sub-questions (ignoring case and spacing), keeping the first of each.
+
+    Example:
+        >>> dedupe_sub_questions(["How many?", "how  many?", "Why?"])
+        ['How many?', 'Why?']
+
+    """
+    seen: set[str] = set()
+    kept: list[str] = []
+    for question in sub_questions:
+        key = " ".join(question.lower().split())
+        if key and key not in seen:
+            seen.add(key)
+            kept.append(question)
+    return kept
+
+
+_BACK_REFERENCE = re.compile(r"#(\d+)")
+
+
+def _references(question: str) -> set[int]:
+    return {int(k) for k in _BACK_REFERENCE.findall(question)}
+
+
+def _renumber(kept: list[str], chosen: Sequence[int]) -> list[str]:
+    number = {old: new for new, old in enumerate(chosen, start=1)}
+    return [_BACK_REFERENCE.sub(lambda m: f"#{number[int(m.group(1))]}", q) for q in kept]
+
+
+def cap_sub_questions(
+    sub_questions: Sequence[str], max_sub_questions: int, keep: Keep = "first"
+) -> list[str]:
+    """Keep at most ``max_sub_questions`` of a gold plan.
+
+    ``keep="first"`` keeps the first ones. ``keep="spread"`` keeps the first and the
+    last step and fills the rest evenly in between, so a long plan still starts
+    from the given quantities and ends at the asked one. Plans with StrategyQA-style
+    ``#k`` back-references are capped to a subset that keeps the last step and every
+    step a kept one refers to, renumbering the references; when no such subset fits,
+    the first ``max_sub_questions`` steps (a prefix is always closed, since steps only
+    refer back).
+
+    Example:
+        >>> cap_sub_questions(["A?", "B?", "C?", "D?", "E?"], 3, keep="spread")
+        ['A?', 'C?', 'E?']
+        >>> cap_sub_questions(["X?", "Y?", "Z of #2?", "Is #3 big?"], 3, keep="spread")
+        ['Y?', 'Z of #1?', 'Is #2 big?']
+
+    """
+    subs = list(sub_questions)
+    if len(subs) <= max_sub_questions:
+        return subs
+    refs = [_references(q) for q in subs]
+    if not any(refs):
+        if keep == "first":
+            return subs[:max_sub_questions]
+        last = len(subs) - 1
+        if max_sub_questions == 1:
+            return [subs[last]]
+        picks = sorted(
+            {round(i * last / (max_sub_questions - 1)) for i in range(max_sub_questions)}
+        )
+        return [subs[i] for i in picks]
+    # References: the kept steps must be closed under "refers to" and include the last step.
+    last = len(subs)
+    for size in range(max_sub_questions, 0, -1):
+        candidates = [(*c, last) for c in combinations(range(1, last), size - 1)]
+        if keep == "spread":
+            candidates.sort(key=lambda c: -sum(b - a for a, b in pairwise(c)))
+        for chosen in candidates:
+            if all(refs[i - 1] <= set(chosen) for i in chosen):
+                return _renumber([subs[i - 1] for i in chosen], chosen)
+    # Steps only refer back, so the first ones are always a closed plan (its last step,
+    # often the final comparison, is left to the solver).
+    return subs[:max_sub_questions]
+
+
+def resolve_back_references(
+    sub_questions: Sequence[str], template: str = "the answer to question {k}"
+) -> list[str]:
+    """Replace StrategyQA-style ``#k`` back-references by words.
+
+    The solver receives sub-questions as a numbered list, so "the answer to
+    question 2" names a line it can see; a bare ``#2`` is notation the plan's
+    reader has to guess. References to steps that do not exist are left as they are.
+
+    Example:
+        >>> resolve_back_references(["Who wrote X?", "When was #1 born?"])
+        ['Who wrote X?', 'When was the answer to question 1 born?']
+
+    """
+    n = len(sub_questions)
+
+    def words(match: re.Match[str]) -> str:
+        k = int(match.group(1))
+        return template.format(k=k) if 1 <= k <= n else match.group(0)
+
+    return [" ".join(_BACK_REFERENCE.sub(words, q).split()) for q in sub_questions]
+
+
+def decomposer_example(
+    question: str,
+    sub_questions: Sequence[str],
+    *,
+    context: str | None = None,
+    max_sub_questions: int = DEFAULT_MAX_SUB_QUESTIONS,
+    trace_id: str = "",
+) -> dict[str, Any]:
+    """One decomposer prompt/completion pair (no sub-questions: the NO_DECOMPOSITION target).
+
+    Example:
+        >>> decomposer_example("What is 2 + 2?", [])["completion"][0]["content"]
+        'NO_SUBQUESTIONS'
+
+    """
+    prompt = decomposer_messages(question, context, max_sub_questions=max_sub_questions)
+    return {
+        "prompt": _openai(prompt),
+        "completion": _assistant(format_sub_questions(list(sub_questions))),
+        "question": question,
+        "trace_id": trace_id,
+    }
+
+
+def mix_examples(
+    strata: Mapping[str, Sequence[dict[str, Any]]],
+    weights: Mapping[str, float],
+    total: int,
+    *,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Draw ``total`` examples from named strata in proportion to ``weights``.
+
+    Each stratum is shuffled once and read in order; a stratum asked for more than
+    it holds starts over (a smaller domain is repeated rather than drowned out).
+    The strata are interleaved evenly, so every prefix of the result keeps the
+    proportions: a run stopped early has still seen the intended mix. Each row
+    gets a ``stratum`` field.
+
+    Example:
+        >>> mixed = mix_examples({"a": [{"x": 1}], "b": [{"x": 2}, {"x": 3}]},
+        ...                      {"a": 0.5, "b": 0.5}, 4)
+        >>> [row["stratum"] for row in mixed]
+        ['a', 'b', 'a', 'b']
+
+    """
+    names = [name for name in strata if weights.get(name, 0) > 0]
+    if total < 1 or not names:
+        msg = "mix_examples needs total >= 1 and at least one stratum with a positive weight."
+        raise ValueError(msg)
+    if any(not strata[name] for name in names):
+        msg = "Every stratum with a positive weight needs at least one example."
+        raise ValueError(msg)
+    weight_sum = sum(weights[name] for name in names)
+    rng = random.Random(seed)
+    orders = {name: rng.sample(range(len(strata[name])), len(strata[name])) for name in names}
+    taken = dict.fromkeys(names, 0)
+    mixed: list[dict[str, Any]] = []
+    for step in range(1, total + 1):
+        # The stratum furthest behind its share so far goes next (ties: first named).
+        name = max(names, key=lambda s: step * weights[s] / weight_sum - taken[s])
+        order = orders[name]
+        row = strata[name][order[taken[name] % len(order)]]
+        taken[name] += 1
+        mixed.append({**row, "stratum": name})
+    return mixed
+
+
 def _example(
-    trace: Trace, part: str, variant: str, max_sub_questions: int
+    trace: Trace, part: str, variant: str, max_sub_questions: int, keep: Keep = "first"
 ) -> dict[str, Any] | None:
     """Turn one trace into a prompt/completion pair, or ``None`` when the variant skips it."""
     if part == "decomposer":
@@ -116,7 +292,10 @@ def _example(
         prompt = decomposer_messages(
             trace.question, trace.context, max_sub_questions=max_sub_questions
         )
-        completion = format_sub_questions(trace.sub_questions[:max_sub_questions])
+        capped = cap_sub_questions(
+            dedupe_sub_questions(trace.sub_questions), max_sub_questions, keep
+        )
+        completion = format_sub_questions(capped)
     else:
         if trace.error or not trace.solution:
             return None
@@ -142,10 +321,13 @@ def select_examples(
     part: str | None = None,
     max_sub_questions: int = DEFAULT_MAX_SUB_QUESTIONS,
     dedup: bool = True,
+    keep: Keep = "first",
 ) -> list[dict[str, Any]]:
     """Return the prompt/completion pairs a variant trains on, as plain dicts.
 
     This is :func:`build_dataset` without the ``datasets`` dependency and the split.
+    Repeated sub-questions are dropped from a decomposition; longer ones are capped
+    at ``max_sub_questions`` as :func:`cap_sub_questions` does with ``keep``.
 
     Example:
         >>> t = Trace(question="Q?", sub_questions=["A?"], score=0.0)
@@ -160,7 +342,7 @@ def select_examples(
     examples: list[dict[str, Any]] = []
     seen: set[str] = set()
     for trace in traces:
-        example = _example(trace, part, variant, max_sub_questions)
+        example = _example(trace, part, variant, max_sub_questions, keep)
         if example is None:
             continue
         if dedup:
@@ -213,6 +395,7 @@ def build_dataset(
     dedup: bool = True,
     max_sub_questions: int = DEFAULT_MAX_SUB_QUESTIONS,
     max_examples: int | None = None,
+    keep: Keep = "first",
 ) -> DatasetDict:
     r"""Build a TRL prompt/completion dataset from traces for one distillation variant.
 
@@ -226,6 +409,7 @@ def build_dataset(
         dedup: Drop repeated prompt/completion pairs.
         max_sub_questions: Sub-questions kept per decomposition (the prompt says so too).
         max_examples: Keep at most this many training examples (after the split).
+        keep: Which sub-questions of a longer plan to keep (:func:`cap_sub_questions`).
 
     Returns:
         A ``DatasetDict`` with ``train`` (and ``validation``) splits whose rows have
@@ -256,6 +440,7 @@ def build_dataset(
         part=part,
         max_sub_questions=max_sub_questions,
         dedup=dedup,
+        keep=keep,
     )
     if not examples:
         msg = (

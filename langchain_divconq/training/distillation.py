@@ -247,6 +247,8 @@ def distill(config: DistillConfig, dataset: Dataset | DatasetDict) -> Path:
     checkpoint = _checkpoint_to_resume(out, config) if config.resume else None
     if checkpoint:
         logger.warning("Resuming from %s", checkpoint)
+    elif config.init_adapter:
+        _load_initial_adapter(trainer.model, Path(config.init_adapter), config)
     started = time.perf_counter()
     if checkpoint and 0 < config.max_steps <= _step_of(checkpoint):
         # The Trainer would still run one step past a checkpoint taken at max_steps.
@@ -306,6 +308,28 @@ def distill(config: DistillConfig, dataset: Dataset | DatasetDict) -> Path:
     }
     (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
     return out
+
+
+def _load_initial_adapter(model: Any, folder: Path, config: DistillConfig) -> None:
+    """Copy a saved adapter's LoRA weights into the freshly wrapped model (fp16 is upcast)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    saved = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    if saved.get("r") != config.lora_r or set(saved.get("target_modules") or []) != set(
+        config.target_modules
+    ):
+        msg = (
+            f"init_adapter {folder} has r={saved.get('r')} on {saved.get('target_modules')}, "
+            f"but the run uses r={config.lora_r} on {config.target_modules}; they must match."
+        )
+        raise ValueError(msg)
+    result = set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    if unexpected:
+        msg = f"init_adapter {folder} has weights the model lacks: {unexpected[:3]}..."
+        raise ValueError(msg)
+    logger.warning("Initialised the LoRA weights from %s", folder)
 
 
 def _step_of(checkpoint: str) -> int:
