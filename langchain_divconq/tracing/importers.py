@@ -58,8 +58,7 @@ def _rows(path: str | os.PathLike[str], limit: int | None) -> Iterator[tuple[int
     if not file.is_file():
         msg = f"No such file to import: {file}. Pass the path of a .jsonl file."
         raise FileNotFoundError(msg)
-    count = 0
-    for number, line, where in iter_lines(file):
+    for count, (number, line, where) in enumerate(iter_lines(file)):
         if limit is not None and count >= limit:
             return
         try:
@@ -67,7 +66,6 @@ def _rows(path: str | os.PathLike[str], limit: int | None) -> Iterator[tuple[int
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             msg = f"{where} is not valid JSON ({exc}); is the file truncated?"
             raise ValueError(msg) from exc
-        count += 1
         yield number, line.decode("utf-8").strip(), row
 
 
