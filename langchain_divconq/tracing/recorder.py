@@ -15,7 +15,9 @@ makes it safe under ``batch(max_concurrency=...)`` and several threads.
 
 Secrets never reach a trace: invocation parameters and metadata are scrubbed of
 API keys, tokens, passwords and auth headers (by key name and by value shape),
-and the serialized model (which can hold keys in its ``repr``) is not stored.
+every text of the trace (errors from upstream APIs, prompts, outputs) is scrubbed
+of credentials (:func:`scrub_text`), and the serialized model (which can hold
+keys in its ``repr``) is not stored.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from langchain_divconq.tracing.store import MemoryTraceStore, TraceStore, open_s
 from langchain_divconq.tracing.trace import NodeCall, TokenUsage, Trace
 from langchain_divconq.tracing.usage import estimate_tokens, reported_usage
 
-__all__ = ["REDACTED", "TraceRecorder", "scrub_secrets"]
+__all__ = ["REDACTED", "TraceRecorder", "scrub_secrets", "scrub_text", "scrub_trace"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +63,21 @@ _SECRET_KEY = re.compile(
 _SECRET_VALUE = re.compile(
     r"\b(?:sk|rk|pk)-[A-Za-z0-9_\-]{8,}|\bBearer\s+[A-Za-z0-9._~+/=\-]{8,}|"
     r"\bxox[abprs]-[A-Za-z0-9\-]{8,}|\bgh[pousr]_[A-Za-z0-9]{16,}|\bhf_[A-Za-z0-9]{16,}|"
-    r"\bAKIA[0-9A-Z]{16}\b|\bAIza[0-9A-Za-z_\-]{20,}",
+    r"\bAKIA[0-9A-Z]{16}\b|\bAIza[0-9A-Za-z_\-]{20,}|"
+    r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}",  # a JWT
 )
+# A secret named in free text: ``api_key=...``, ``"password": "..."``,
+# ``Authorization: Basic ...``. The name and separator stay, the value goes.
+_SECRET_ASSIGNMENT = re.compile(
+    r"(?P<name>\b(?:x-)?api[_-]?key|\bapikey|\b(?:access|refresh|auth|id|session)[_-]?token|"
+    r"\bclient[_-]?secret|\bsecret[_-]?key|\bprivate[_-]?key|\bpassword|\bpasswd|"
+    r"\b(?:proxy-)?authorization)"
+    r"(?P<sep>[\"']?\s*[:=]\s*[\"']?)"
+    r"(?P<value>(?:(?:Basic|Bearer|Token|Digest)\s+)?[^\s\"'`,;&<>(){}\[\]]{3,})",
+    re.IGNORECASE,
+)
+# Credentials in a URL: ``https://user:password@host``.
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>\b[a-z][a-z0-9+.\-]*://)[^\s/@:]+:[^\s/@]+@", re.I)
 _MAX_DEPTH = 8
 
 
@@ -71,13 +86,34 @@ def _is_secret_key(name: str) -> bool:
     return _SECRET_KEY.search(name) is not None
 
 
+def scrub_text(text: str) -> str:
+    """Replace credentials inside free text (error messages, prompts, outputs) by :data:`REDACTED`.
+
+    Catches key-shaped strings (``sk-...``, ``Bearer ...``, ``hf_...``, JWTs),
+    values named as secrets (``api_key=...``, ``"password": "..."``,
+    ``Authorization: Basic ...``) and passwords in URLs (``https://user:pw@host``).
+    Runs in linear time.
+
+    Example:
+        >>> scrub_text("401 for Authorization: Bearer sk-abcdefghijkl at https://u:pw@h/x")
+        '401 for Authorization: [REDACTED] at https://[REDACTED]@h/x'
+
+    """
+    if not text:
+        return text
+    text = _SECRET_ASSIGNMENT.sub(lambda m: f"{m['name']}{m['sep']}{REDACTED}", text)
+    text = _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{REDACTED}@", text)
+    return _SECRET_VALUE.sub(REDACTED, text)
+
+
 def scrub_secrets(value: Any, *, values: bool = True, _depth: int = 0) -> Any:
     """Return a JSON-safe copy of ``value`` with secrets replaced by :data:`REDACTED`.
 
     Keys that name a secret (``api_key``, ``Authorization``, ``hf_token``,
     ``password``, ...) have their values replaced; strings shaped like keys
-    (``sk-...``, ``Bearer ...``, ``hf_...``) are replaced wherever they are,
-    unless ``values=False`` (used for prompts, which must stay verbatim).
+    (``sk-...``, ``Bearer ...``, ``hf_...``) and named secrets inside text
+    (``api_key=...``; see :func:`scrub_text`) are replaced wherever they are,
+    unless ``values=False``.
     Objects that are not plain data become ``<TypeName>`` (never their repr,
     which can show a client's key).
 
@@ -91,7 +127,7 @@ def scrub_secrets(value: Any, *, values: bool = True, _depth: int = 0) -> Any:
     if value is None or isinstance(value, bool | int | float):
         return value
     if isinstance(value, str):
-        return _SECRET_VALUE.sub(REDACTED, value) if values else value
+        return scrub_text(value) if values else value
     if isinstance(value, UUID | datetime):
         return str(value)
     if isinstance(value, BaseModel):
@@ -108,6 +144,31 @@ def scrub_secrets(value: Any, *, values: bool = True, _depth: int = 0) -> Any:
     if isinstance(value, list | tuple | set | frozenset):
         return [scrub_secrets(item, values=values, _depth=_depth + 1) for item in value]
     return f"<{type(value).__name__}>"
+
+
+def _scrub_data(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub_text(value)
+    if isinstance(value, dict):
+        return {key: _scrub_data(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_scrub_data(item) for item in value]
+    return value
+
+
+def scrub_trace(trace: Trace) -> Trace:
+    """Return a copy of ``trace`` with :func:`scrub_text` applied to every text in it.
+
+    Question, context, prompts, model outputs, sub-questions, solution and
+    errors alike: a key pasted into a question or echoed in an upstream error
+    never reaches a store.
+
+    Example:
+        >>> scrub_trace(Trace(question="Use sk-abcdefghijklmnop?")).question
+        'Use [REDACTED]?'
+
+    """
+    return Trace.model_validate(_scrub_data(trace.model_dump(mode="json")))
 
 
 @dataclass
@@ -187,7 +248,8 @@ def _content_text(content: Any) -> str:
 
 
 def _error_text(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
+    # Upstream errors quote headers and URLs (``Bearer sk-...``): never store them.
+    return scrub_text(f"{type(error).__name__}: {error}")
 
 
 def _output_text(outputs: Any) -> str | None:
@@ -474,7 +536,8 @@ class TraceRecorder(BaseCallbackHandler):
     ) -> None:
         """Remember a chat model call's messages (OpenAI format), model and parameters."""
         prompt = messages[0] if messages else []
-        # Prompts are kept verbatim (they are training data); only parameters are scrubbed.
+        # Prompts are kept verbatim (they are training data) but for credentials,
+        # which scrub_trace removes from every text before the trace is written.
         converted = convert_to_openai_messages(list(prompt))
         self._model_start(run_id, parent_run_id, metadata, list(converted), kwargs)
 
@@ -566,7 +629,7 @@ class TraceRecorder(BaseCallbackHandler):
                 trace.score = score_trace(trace, self.checker)
             except Exception:
                 logger.exception("Scoring trace %s failed; it is stored unscored", trace.trace_id)
-        return trace
+        return scrub_trace(trace)
 
     def _write(self, trace: Trace) -> None:
         try:

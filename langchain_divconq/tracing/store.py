@@ -37,6 +37,7 @@ from langchain_divconq.jsonl import JsonlAppender, iter_lines
 from langchain_divconq.tracing.trace import SCHEMA_VERSION, Trace
 
 __all__ = [
+    "TRACE_FILE_MODE",
     "JsonlTraceStore",
     "MemoryTraceStore",
     "SqliteTraceStore",
@@ -46,6 +47,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+TRACE_FILE_MODE = 0o600
+"""Permission bits of trace files this package creates: traces hold prompts and outputs,
+so only their owner may read them. Existing files keep their mode."""
 
 _SQLITE_PREFIX = "sqlite:///"
 _SQLITE_SUFFIXES = {".db", ".sqlite", ".sqlite3"}
@@ -225,7 +230,7 @@ class JsonlTraceStore(TraceStore):
     def __init__(self, path: str | os.PathLike[str], *, fsync: bool = False) -> None:
         self.path = Path(path)
         self.fsync = fsync
-        self._file = JsonlAppender(self.path, fsync=fsync)
+        self._file = JsonlAppender(self.path, fsync=fsync, mode=TRACE_FILE_MODE)
 
     def __repr__(self) -> str:
         return f"JsonlTraceStore({str(self.path)!r})"
@@ -321,6 +326,8 @@ class SqliteTraceStore(TraceStore):
         self.path = Path(path) if str(path) != ":memory:" else None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Create it private; SQLite gives its -wal and -shm files the same mode.
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, TRACE_FILE_MODE))
         self.timeout_s = timeout_s
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(
