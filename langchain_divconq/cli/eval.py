@@ -103,7 +103,7 @@ def _labels(args: argparse.Namespace, chain: Any) -> tuple[str, str]:
 def _run(args: argparse.Namespace) -> int:
     from langchain_divconq.evaluation.evaluator import evaluate
     from langchain_divconq.evaluation.pricing import PriceTable
-    from langchain_divconq.evaluation.quality import quality_from_outputs
+    from langchain_divconq.evaluation.quality import quality_from_outputs, trivial_plan
     from langchain_divconq.evaluation.report import run_paths, save_summary, write_report
     from langchain_divconq.tasks import load_task
 
@@ -147,10 +147,20 @@ def _run(args: argparse.Namespace) -> int:
             # Score the decompositions this run already produced: no second model pass.
             texts = {r.id: r.decomposition for r in result.records if r.error is None}
             quality = quality_from_outputs(task, texts, max_sub_questions=args.max_sub_questions)
+            # The baseline to beat: each question's last sentence as its only sub-question.
+            questions = {e.id: e.question for e in task.examples}
+            trivial = quality_from_outputs(
+                task,
+                {i: trivial_plan(questions[i]) for i in texts if i in questions},
+                max_sub_questions=args.max_sub_questions,
+            )
             path = out / "quality" / records_path.parent.name / f"{task.name}-{task.split}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(quality.model_dump_json(indent=2), encoding="utf-8")
             summary = quality.model_dump(exclude={"records"})
+            summary["trivial_plan"] = trivial.model_dump(
+                include={"token_f1", "token_f1_ci", "count_match", "mean_predicted"}
+            )
             print("decomposition quality: " + json.dumps(summary))
     written = write_report(out)
     for kind, path in written.items():
