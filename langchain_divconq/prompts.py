@@ -14,13 +14,14 @@ with :data:`ANSWER_MARKER`.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
 __all__ = [
     "ANSWER_MARKER",
     "DEFAULT_MAX_SUB_QUESTIONS",
+    "MAX_SUB_QUESTION_CHARS",
     "NODE_METADATA_KEY",
     "NO_DECOMPOSITION",
     "decomposer_messages",
@@ -152,10 +153,27 @@ _QUESTION_START = re.compile(
     r"can|could|will|would|should|has|have|had)\b",
     re.IGNORECASE,
 )
-_QUESTION_END = re.compile(r"[^?]*\?")
+MAX_SUB_QUESTION_CHARS = 1_000
+"""The longest sub-question :func:`parse_sub_questions` returns; longer ones are cut to this."""
+
+# Terminal escape sequences (CSI such as ESC[31m, OSC such as ESC]0;title BEL, and
+# two-byte ESC sequences), removed whole so that no "[31m" is left behind.
+_ESCAPE = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]|(?:\x1b\]|\x9d)[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?|"
+    r"\x1b[@-Z\\-_]"
+)
+
+
+def _printable(line: str) -> str:
+    """Drop escape sequences and control/format characters (NUL, ESC, DEL, U+200B...)."""
+    if line.isprintable():
+        return line
+    line = _ESCAPE.sub("", line)
+    return "".join(c if c.isprintable() else " " if c.isspace() else "" for c in line)
 
 
 def _clean_line(line: str) -> str:
+    line = _printable(line)
     line = line.replace("**", "").replace("__", "").strip().strip("`").strip()
     previous = None
     while previous != line:  # prefixes can stack, e.g. "- Q1: ..."
@@ -164,15 +182,25 @@ def _clean_line(line: str) -> str:
     return line
 
 
-def _questions_in_line(line: str) -> list[str]:
-    found = [m.group(0).strip() for m in _QUESTION_END.finditer(line)]
-    found = [q for q in found if len(q) > 1]
-    if found:
-        return found
+def _questions_in_line(line: str) -> Iterator[str]:
+    # One pass over the "?" positions: linear in the line (a regex such as
+    # "[^?]*\?" rescans the tail from every position of a line without "?").
+    start, found = 0, False
+    while (end := line.find("?", start)) >= 0:
+        question = line[start : end + 1].strip()
+        start = end + 1
+        if len(question) > 1:
+            found = True
+            yield question
     # A model sometimes omits the "?"; an interrogative opening still marks a question.
-    if _QUESTION_START.match(line) and len(line.split()) >= 3:
-        return [line.rstrip(" .:;") + "?"]
-    return []
+    if not found and _QUESTION_START.match(line) and len(line.split(maxsplit=2)) >= 3:
+        yield line.rstrip(" .:;") + "?"
+
+
+def _capped(question: str) -> str:
+    if len(question) <= MAX_SUB_QUESTION_CHARS:
+        return question
+    return question[: MAX_SUB_QUESTION_CHARS - 1].rstrip() + "?"
 
 
 def parse_sub_questions(text: str, max_sub_questions: int = DEFAULT_MAX_SUB_QUESTIONS) -> list[str]:
@@ -181,7 +209,10 @@ def parse_sub_questions(text: str, max_sub_questions: int = DEFAULT_MAX_SUB_QUES
     Numbering, bullets and ``Q1:``-style prefixes are stripped, lines that carry
     no question are dropped, duplicates are removed (ignoring case and spacing)
     and the list is capped at ``max_sub_questions``. The sentinel
-    :data:`NO_DECOMPOSITION` on its own line yields ``[]``.
+    :data:`NO_DECOMPOSITION` on its own line yields ``[]``. Control characters
+    and terminal escape sequences are removed, a sub-question longer than
+    :data:`MAX_SUB_QUESTION_CHARS` is cut to that length (still ending in "?"),
+    and the time taken is linear in the length of ``text``.
 
     Example:
         >>> parse_sub_questions("Here you go:\\n1. How many in May?\\n2) How many in all?")
@@ -193,6 +224,8 @@ def parse_sub_questions(text: str, max_sub_questions: int = DEFAULT_MAX_SUB_QUES
         raise ValueError(msg)
     found: list[str] = []
     seen: set[str] = set()
+    if max_sub_questions == 0:
+        return found
     for raw in text.splitlines():
         line = _clean_line(raw)
         if not line:
@@ -200,12 +233,15 @@ def parse_sub_questions(text: str, max_sub_questions: int = DEFAULT_MAX_SUB_QUES
         if line.strip(" .").upper() == NO_DECOMPOSITION and not found:
             return []
         for question in _questions_in_line(line):
+            question = _capped(question)
             key = " ".join(question.lower().split())
             if key in seen:
                 continue
             seen.add(key)
             found.append(question)
-    return found[:max_sub_questions]
+            if len(found) == max_sub_questions:
+                return found
+    return found
 
 
 def format_sub_questions(sub_questions: Sequence[str]) -> str:

@@ -1,7 +1,10 @@
+import time
+
 import pytest
 
 from langchain_divconq.prompts import (
     ANSWER_MARKER,
+    MAX_SUB_QUESTION_CHARS,
     NO_DECOMPOSITION,
     decomposer_messages,
     extract_answer,
@@ -112,3 +115,50 @@ def test_prompts_carry_question_context_and_marker() -> None:
     assert "Sub-questions" not in str(direct[1].content)
     assert "step by step" in str(single_stage_messages("Q?", cot=True)[0].content)
     assert "step by step" not in str(single_stage_messages("Q?")[0].content)
+
+
+# ------------------------------------------------------------------- hostile decomposer output
+def _cpu_seconds(text: str) -> float:
+    start = time.process_time()
+    parse_sub_questions(text)
+    return time.process_time() - start
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "word " * 200_000,  # 1 MB, no "?" anywhere
+        "How " + "many " * 200_000,  # an interrogative opening, no "?"
+        "?" * 1_000_000,
+        "- " * 500_000,  # stacked bullets
+        "1" * 1_000_000,
+        "a?" * 500_000,
+    ],
+    ids=["words", "interrogative", "marks", "bullets", "digits", "many-questions"],
+)
+def test_parsing_a_huge_line_is_linear(line: str) -> None:
+    # The old parser needed 5.5 s for 64 kB without a "?" (quadratic): 1 MB took minutes.
+    assert _cpu_seconds(line) < 1.0
+
+
+def test_parsing_time_grows_linearly() -> None:
+    small, large = "word " * 20_000, "word " * 160_000  # 8x the size
+    t_small = min(_cpu_seconds(small) for _ in range(3))
+    t_large = min(_cpu_seconds(large) for _ in range(3))
+    # Linear: about 8x; quadratic: about 64x. Small times are noisy, so floor them.
+    assert t_large < 24 * max(t_small, 0.002)
+
+
+def test_control_characters_are_stripped() -> None:
+    text = "1. How \x00many\x1b[31m clips\x1b[0m in\tMay?\x07\n2. What\x7f about \x90June?\x0c"
+    assert parse_sub_questions(text) == ["How many clips in May?", "What about June?"]
+    for question in parse_sub_questions("\x1b]0;title\x07Why \x1b[2Jnot?\u200b\u202e"):
+        assert question.isprintable(), repr(question)
+
+
+def test_sub_question_length_is_capped() -> None:
+    long = "How " + "very " * 50_000 + "long is it?"
+    (question,) = parse_sub_questions(f"{long}\nShort one?")[:1]
+    assert len(question) <= MAX_SUB_QUESTION_CHARS
+    assert question.startswith("How very very") and question.endswith("?")
+    assert parse_sub_questions(f"{long}\nShort one?")[1] == "Short one?"
