@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 
-__all__ = ["register_cli"]
+from langchain_divconq.serving.access import WILDCARD_BINDS
+from langchain_divconq.serving.limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS_LIMIT
+
+__all__ = ["API_KEY_ENV", "allowed_hosts_for", "register_cli", "resolve_api_key", "serve_app"]
+
+API_KEY_ENV = "DIVCONQ_API_KEY"
+"""The environment variable that holds the server's API key when --api-key is not given."""
 
 
 def register_cli(subparsers: Any) -> None:
@@ -56,9 +63,87 @@ def register_cli(subparsers: Any) -> None:
         "--graceful-timeout",
         type=float,
         default=30.0,
-        help="seconds to let running requests finish after SIGTERM",
+        help="seconds to let running requests finish after SIGTERM; the ones still running "
+        "then get a JSON 503 and their generation stops",
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=600.0,
+        help="seconds a request may take before it gets HTTP 504 and its generation stops "
+        "(default 600; 0: no limit)",
+    )
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        help=f"largest request body; larger gets HTTP 413 (default {DEFAULT_MAX_BODY_BYTES})",
+    )
+    parser.add_argument(
+        "--max-prompt-tokens",
+        type=int,
+        default=None,
+        help="longest prompt in tokens (default: the model's context, read from its config)",
+    )
+    parser.add_argument(
+        "--max-tokens-limit",
+        type=int,
+        default=None,
+        help="largest max_tokens a request may ask for (default: the model's context, "
+        f"else {DEFAULT_MAX_TOKENS_LIMIT})",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help=f"require 'Authorization: Bearer KEY' on every request but /health (default: "
+        f"${API_KEY_ENV}, else no key)",
+    )
+    parser.add_argument(
+        "--allowed-hosts",
+        nargs="+",
+        default=[],
+        metavar="HOST",
+        help="more names clients may reach the server by (Host header; localhost and the "
+        "bound address always work; '*' turns the check off). Guards against DNS rebinding",
+    )
+    parser.add_argument(
+        "--allowed-origins",
+        nargs="+",
+        default=[],
+        metavar="ORIGIN",
+        help="browser origins (https://app.example) allowed to call; requests from other "
+        "origins get 403 ('*' allows any)",
     )
     parser.set_defaults(handler=_serve)
+
+
+def resolve_api_key(flag: str | None) -> str | None:
+    """Return the API key: the ``--api-key`` flag, else ``$DIVCONQ_API_KEY``, else None.
+
+    Example:
+        >>> resolve_api_key("k")
+        'k'
+
+    """
+    return flag or os.environ.get(API_KEY_ENV) or None
+
+
+def allowed_hosts_for(bind_host: str, extra: list[str]) -> list[str] | None:
+    """Return the Host names to accept for a server bound to ``bind_host``.
+
+    A server bound to every interface (``0.0.0.0``) cannot know the names it is
+    reached by, so it accepts any unless ``extra`` names them.
+
+    Example:
+        >>> allowed_hosts_for("127.0.0.1", ["box.lan"])
+        ['127.0.0.1', 'box.lan']
+        >>> allowed_hosts_for("0.0.0.0", []) is None
+        True
+
+    """
+    if bind_host in WILDCARD_BINDS and not extra:
+        return None
+    return [bind_host, *extra]
 
 
 def _load_model(args: argparse.Namespace) -> BaseChatModel:
@@ -82,11 +167,6 @@ def _load_model(args: argparse.Namespace) -> BaseChatModel:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    try:
-        import uvicorn
-    except ImportError as exc:
-        msg = "divconq serve needs the 'serve' extra: pip install 'langchain-divconq[serve]'."
-        raise ImportError(msg) from exc
     from langchain_divconq.serving.app import create_app
 
     model = _load_model(args)
@@ -96,16 +176,57 @@ def _serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
+        max_body_bytes=args.max_body_bytes,
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_tokens_limit=args.max_tokens_limit,
+        request_timeout=args.request_timeout or None,
+        api_key=resolve_api_key(args.api_key),
+        allowed_hosts=allowed_hosts_for(args.host, args.allowed_hosts),
+        allowed_origins=args.allowed_origins,
     )
+    serve_app(
+        app,
+        host=args.host,
+        port=args.port,
+        graceful_timeout=args.graceful_timeout,
+        log_level="info" if args.verbose else "warning",
+    )
+    return 0
+
+
+def serve_app(
+    app: Any, *, host: str, port: int, graceful_timeout: float, log_level: str = "warning"
+) -> None:
+    """Run ``app`` (from :func:`~langchain_divconq.serving.app.create_app`) until SIGTERM/SIGINT.
+
+    On the signal the server stops accepting connections and lets running requests
+    finish; shortly before ``graceful_timeout`` seconds the ones still running get a
+    JSON 503 and their generation is stopped, so the process exits on time.
+    """
+    try:
+        import uvicorn
+    except ImportError as exc:
+        msg = "divconq serve needs the 'serve' extra: pip install 'langchain-divconq[serve]'."
+        raise ImportError(msg) from exc
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if not self.should_exit:  # the first signal starts the drain
+                drain = getattr(app.state, "drain", None)
+                if drain is not None:
+                    drain(graceful_timeout)
+            super().handle_exit(sig, frame)
+
     # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal with the handler
     # it found installed; a quiet handler here turns that into a normal exit status 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: None)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
-        host=args.host,
-        port=args.port,
-        log_level="info" if args.verbose else "warning",
-        timeout_graceful_shutdown=args.graceful_timeout,
+        host=host,
+        port=port,
+        log_level=log_level,
+        # A float works (uvicorn passes it to asyncio.timeout); the stub says int.
+        timeout_graceful_shutdown=graceful_timeout,  # type: ignore[arg-type]
     )
-    return 0
+    _Server(config).run()

@@ -39,12 +39,14 @@ from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from langchain_divconq.local.decoding import (
     BATCH_TICKET,
+    CANCEL_EVENT,
     BatchTicket,
     GenerationParams,
     GenerationResult,
     MicroBatcher,
     StopCriteria,
     TokenQueue,
+    all_cancelled,
     cut_text,
     held_back,
 )
@@ -319,7 +321,10 @@ class ChatLocalModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        future = self._get_batcher().submit(*self._request(messages, stop, kwargs))
+        # A caller that may abandon the call (divconq serve) sets CANCEL_EVENT around it.
+        future = self._get_batcher().submit(
+            *self._request(messages, stop, kwargs), cancel=CANCEL_EVENT.get()
+        )
         return ChatResult(generations=[ChatGeneration(message=self._message(future.result()))])
 
     async def _agenerate(
@@ -331,8 +336,13 @@ class ChatLocalModel(BaseChatModel):
     ) -> ChatResult:
         # Await the batcher's future instead of parking an executor thread on it,
         # so an abatch of hundreds of prompts does not exhaust the default pool.
-        future = self._get_batcher().submit(*self._request(messages, stop, kwargs))
-        result = await asyncio.wrap_future(future)
+        cancel = threading.Event()
+        future = self._get_batcher().submit(*self._request(messages, stop, kwargs), cancel=cancel)
+        try:
+            result = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            cancel.set()  # the task was cancelled: stop this prompt's row, not only the wait
+            raise
         return ChatResult(generations=[ChatGeneration(message=self._message(result))])
 
     def _stream(
@@ -342,10 +352,19 @@ class ChatLocalModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Generator[ChatGenerationChunk, None, None]:
+        yield from self._stream_until(messages, stop, kwargs, threading.Event())
+
+    def _stream_until(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+        cancel: threading.Event,
+    ) -> Generator[ChatGenerationChunk, None, None]:
+        """:meth:`_stream`, whose generation also stops once ``cancel`` is set."""
         params = self._params(stop, kwargs)
         prompt = _chat_dicts(messages)
         tokens = TokenQueue()
-        cancel = threading.Event()
         outcome: list[GenerationResult | BaseException] = []
 
         def work() -> None:
@@ -409,12 +428,23 @@ class ChatLocalModel(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         loop = asyncio.get_running_loop()
-        iterator = self._stream(messages, stop=stop, **kwargs)
+        cancel = threading.Event()
+        iterator = self._stream_until(messages, stop, kwargs, cancel)
         done = object()
+        step: asyncio.Future[Any] | None = None
         try:
-            while (chunk := await loop.run_in_executor(None, next, iterator, done)) is not done:
-                yield chunk  # type: ignore[misc]
+            while True:
+                step = loop.run_in_executor(None, next, iterator, done)
+                # shield: if this task is cancelled, the thread still runs next(), and a
+                # generator cannot be closed while it runs; wait for it in finally.
+                chunk = await asyncio.shield(step)
+                if chunk is done:
+                    break
+                yield chunk
         finally:
+            cancel.set()  # stops the generation at its next step, so next() returns soon
+            if step is not None and not step.done():
+                await asyncio.wait({step})
             await loop.run_in_executor(None, iterator.close)
 
     # ------------------------------------------------------------------ batching
@@ -470,6 +500,15 @@ class ChatLocalModel(BaseChatModel):
             BATCH_TICKET.reset(token)
             self._get_batcher().release(ticket)
 
+    def get_num_tokens_from_messages(
+        self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
+    ) -> int:
+        """Count the prompt's tokens as the model sees them (chat template and generation prompt).
+
+        ``tools`` is ignored: this model takes text only.
+        """
+        return len(self._encode(_chat_dicts(messages)))
+
     # ------------------------------------------------------------------ generation
     def _encode(self, prompt: list[dict[str, str]]) -> list[int]:
         text = self.tokenizer.apply_chat_template(
@@ -487,14 +526,17 @@ class ChatLocalModel(BaseChatModel):
         )
 
     def _generate_texts(
-        self, prompts: Sequence[list[dict[str, str]]], params: GenerationParams
+        self,
+        prompts: Sequence[list[dict[str, str]]],
+        params: GenerationParams,
+        cancels: Sequence[threading.Event | None] | None = None,
     ) -> list[GenerationResult]:
         """Generate one completion per prompt: the single place where the model runs.
 
         Prompts are chat messages as ``{"role", "content"}`` dicts. They are
         sorted by length and cut into chunks of ``batch_size`` (less padding),
-        and the results come back in the input order. A faster engine can
-        replace this method.
+        and the results come back in the input order. ``cancels[i]``, once set,
+        stops prompt ``i`` early (its caller left). A faster engine can replace this method.
         """
         with self._lock:
             encoded = [self._encode(p) for p in prompts]
@@ -502,7 +544,10 @@ class ChatLocalModel(BaseChatModel):
             results: list[GenerationResult | None] = [None] * len(encoded)
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start : start + self.batch_size]
-                outs = self._generate_ids([encoded[i] for i in chunk], params)
+                row_cancels = [cancels[i] for i in chunk] if cancels else None
+                outs = self._generate_ids(
+                    [encoded[i] for i in chunk], params, row_cancels=row_cancels
+                )
                 for i, out in zip(chunk, outs, strict=True):
                     results[i] = out
         return [r for r in results if r is not None]
@@ -513,9 +558,10 @@ class ChatLocalModel(BaseChatModel):
         params: GenerationParams,
         streamer: Any = None,
         cancel: threading.Event | None = None,
+        row_cancels: Sequence[threading.Event | None] | None = None,
     ) -> list[GenerationResult]:
         if self.fast_decoding and streamer is None and params.temperature <= 0:
-            return self._generate_fast(encoded, params)
+            return self._generate_fast(encoded, params, row_cancels)
         torch = require_local()
         from transformers import GenerationConfig, StoppingCriteriaList
 
@@ -534,7 +580,9 @@ class ChatLocalModel(BaseChatModel):
             eos_token_id=self._eos_list,
             **({"temperature": params.temperature, "top_p": params.top_p} if sampling else {}),
         )
-        criteria = StopCriteria(self._decode, self._eos_ids, width, params, cancel)
+        criteria = StopCriteria(
+            self._decode, self._eos_ids, width, params, cancel, row_cancels or ()
+        )
         with torch.inference_mode():
             out = self.model.generate(
                 input_ids=input_ids.to(device),
@@ -549,21 +597,29 @@ class ChatLocalModel(BaseChatModel):
         ]
 
     def _generate_fast(
-        self, encoded: list[list[int]], params: GenerationParams
+        self,
+        encoded: list[list[int]],
+        params: GenerationParams,
+        row_cancels: Sequence[threading.Event | None] | None = None,
     ) -> list[GenerationResult]:
         from langchain_divconq.local.engine.generation import generate_greedy
 
+        cut = params.stop or params.max_lines or params.no_repeat_lines
+        events = list(row_cancels or ())
+
         def stop_hit(ids: Sequence[int]) -> bool:
-            return cut_text(self._decode(ids), params)[1]
+            # The engine's checker does not know its row, so the call stops only when
+            # every caller of it is gone.
+            if events and all_cancelled(events):
+                return True
+            return bool(cut) and cut_text(self._decode(ids), params)[1]
 
         outs = generate_greedy(
             self.model,
             encoded,
             max_new_tokens=params.max_tokens,
             eos_token_ids=self._eos_list,
-            stop_checker=stop_hit
-            if params.stop or params.max_lines or params.no_repeat_lines
-            else None,
+            stop_checker=stop_hit if cut or any(e is not None for e in events) else None,
             pad_token_id=self._pad_id,
             draft=self.draft,
         )

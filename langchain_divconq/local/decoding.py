@@ -21,12 +21,14 @@ from typing import Any, ClassVar, Literal
 
 __all__ = [
     "BATCH_TICKET",
+    "CANCEL_EVENT",
     "BatchTicket",
     "GenerationParams",
     "GenerationResult",
     "MicroBatcher",
     "StopCriteria",
     "TokenQueue",
+    "all_cancelled",
     "cut_text",
     "held_back",
 ]
@@ -134,12 +136,19 @@ BATCH_TICKET: contextvars.ContextVar[BatchTicket | None] = contextvars.ContextVa
 )
 """Set by ``batch()`` around its per-prompt calls, so the batcher waits for all of them."""
 
+CANCEL_EVENT: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
+    "divconq_cancel_event", default=None
+)
+"""Set by a caller that may abandon its calls (``divconq serve``: a client left, a timeout,
+a shutdown); a local model stops generating for calls made under it once the event is set."""
+
 
 @dataclass
 class _Request:
     prompt: Prompt
     params: GenerationParams
     future: Future[GenerationResult]
+    cancel: threading.Event | None = None
 
 
 class MicroBatcher:
@@ -155,7 +164,7 @@ class MicroBatcher:
 
     def __init__(
         self,
-        run: Callable[[list[Prompt], GenerationParams], list[GenerationResult]],
+        run: Callable[..., list[GenerationResult]],
         batch_size: Callable[[], int],
         *,
         gather_s: float = 1.0,
@@ -192,12 +201,20 @@ class MicroBatcher:
                 self._cond.notify_all()
 
     def submit(
-        self, prompt: Prompt, params: GenerationParams, ticket: BatchTicket | None = None
+        self,
+        prompt: Prompt,
+        params: GenerationParams,
+        ticket: BatchTicket | None = None,
+        cancel: threading.Event | None = None,
     ) -> Future[GenerationResult]:
-        """Queue one prompt; the future resolves when its batched call has run."""
+        """Queue one prompt; the future resolves when its batched call has run.
+
+        Once ``cancel`` is set the prompt is dropped if it has not started (its future
+        is cancelled), or its row stops generating at the next step.
+        """
         future: Future[GenerationResult] = Future()
         with self._cond:
-            self._queue.append(_Request(prompt, params, future))
+            self._queue.append(_Request(prompt, params, future, cancel))
             if ticket is not None and ticket.remaining > 0:
                 ticket.remaining -= 1
                 self._expected -= 1
@@ -226,6 +243,9 @@ class MicroBatcher:
             params = self._queue[0].params
             group = [r for r in self._queue if r.params == params][:limit]
             self._queue = [r for r in self._queue if all(r is not g for g in group)]
+        for r in group:
+            if r.cancel is not None and r.cancel.is_set():
+                r.future.cancel()  # abandoned while it waited: never generated
         return [r for r in group if r.future.set_running_or_notify_cancel()]
 
     def _run(self) -> None:
@@ -242,7 +262,11 @@ class MicroBatcher:
 
     def _serve(self, group: list[_Request]) -> None:
         try:
-            results = self._run_batch([r.prompt for r in group], group[0].params)
+            prompts, params = [r.prompt for r in group], group[0].params
+            if any(r.cancel is not None for r in group):
+                results = self._run_batch(prompts, params, [r.cancel for r in group])
+            else:  # an engine that replaced the run method may not take the events
+                results = self._run_batch(prompts, params)
             if len(results) != len(group):
                 msg = f"the engine returned {len(results)} results for {len(group)} prompts"
                 raise RuntimeError(msg)
@@ -257,7 +281,8 @@ class MicroBatcher:
 class StopCriteria:
     """A transformers stopping criterion: ends rows at a stop string or ``max_lines`` lines.
 
-    Rows already ended by an end token are left alone; ``cancel`` ends them all.
+    Rows already ended by an end token are left alone; ``cancel`` ends them all, and
+    ``row_cancels[i]`` (one event or None per row) ends row ``i``.
     ``stopped`` holds the rows it ended, so their trailing padding is not
     mistaken for an end token.
     """
@@ -269,8 +294,10 @@ class StopCriteria:
         width: int,
         params: GenerationParams,
         cancel: threading.Event | None = None,
+        row_cancels: Sequence[threading.Event | None] = (),
     ) -> None:
         self.decode = decode
+        self.row_cancels = row_cancels
         self.end_ids = end_ids
         self.width = width
         self.params = params
@@ -296,7 +323,8 @@ class StopCriteria:
                 self.ended.add(i)
                 done[i] = True
                 continue
-            if cancelled or self._hit(row[self.width :]):
+            gone = i < len(self.row_cancels) and _is_set(self.row_cancels[i])
+            if cancelled or gone or self._hit(row[self.width :]):
                 self.stopped.add(i)
                 done[i] = True
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
@@ -311,6 +339,15 @@ class StopCriteria:
         if lines and "\n" in decode(generated[-1:]):
             return cut_text(decode(generated), self.params)[1]
         return False
+
+
+def _is_set(event: threading.Event | None) -> bool:
+    return event is not None and event.is_set()
+
+
+def all_cancelled(events: Sequence[threading.Event | None]) -> bool:
+    """Whether every event is given and set (no caller waits for this call any more)."""
+    return bool(events) and all(_is_set(e) for e in events)
 
 
 class TokenQueue:

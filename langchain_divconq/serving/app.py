@@ -8,16 +8,26 @@ uvicorn (the ``serve`` extra). It implements ``GET /v1/models`` and
 with token usage), answers malformed requests with a 4xx OpenAI-style error
 body, refuses work beyond ``max_queue`` with 429, and drains on SIGTERM.
 
+Hardening: bodies, prompts and ``max_tokens`` are capped
+(:mod:`~langchain_divconq.serving.limits`); an API key, the ``Host`` and
+``Origin`` headers and JSON-only POSTs guard the door
+(:mod:`~langchain_divconq.serving.access`); a request whose client leaves or whose
+``request_timeout`` passes stops its generation, not only its queue slot; and on
+SIGTERM (``app.state.drain``) requests still running near the end of the grace
+period get a JSON 503 and their generation is stopped.
+
 Non-streaming requests go through a :class:`~langchain_divconq.batcher.RequestBatcher`,
 so concurrent requests share batched generate calls. Streaming requests run one
 at a time through ``model.astream`` (token by token), taking turns with the batches.
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from langchain_core.language_models import BaseChatModel
@@ -25,11 +35,19 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.messages.ai import UsageMetadata, add_usage
 
 from langchain_divconq.prompts import message_text
+from langchain_divconq.serving.access import LOCAL_HOSTS, AccessPolicy
 from langchain_divconq.serving.batcher import (
     BatcherClosedError,
     QueueFullError,
     RequestBatcher,
     RequestParams,
+)
+from langchain_divconq.serving.limits import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_TOKENS_LIMIT,
+    Limits,
+    context_length,
+    count_prompt_tokens,
 )
 from langchain_divconq.serving.protocol import (
     APIError,
@@ -55,6 +73,11 @@ T = TypeVar("T")
 DEFAULT_ALIAS = "default"
 """A model name the server always accepts besides its ``model_id`` (what specs.py sends)."""
 
+_SHUTDOWN_MESSAGE = (
+    "The server is shutting down and stopped this request before it finished; retry it "
+    "(on another replica)."
+)
+
 
 def _budget(model: BaseChatModel, params: RequestParams) -> int | None:
     budget = params.max_tokens or getattr(model, "max_tokens", None)
@@ -69,6 +92,13 @@ def create_app(
     max_queue: int = 256,
     max_batch: int = 32,
     max_wait_ms: float = 5.0,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_prompt_tokens: int | None = None,
+    max_tokens_limit: int | None = None,
+    request_timeout: float | None = None,
+    api_key: str | None = None,
+    allowed_hosts: Sequence[str] | None = LOCAL_HOSTS,
+    allowed_origins: Sequence[str] = (),
 ) -> "FastAPI":
     """Build the OpenAI-compatible FastAPI app serving ``model``.
 
@@ -79,10 +109,24 @@ def create_app(
         max_queue: The most requests admitted at once; more get HTTP 429.
         max_batch: The most requests answered by one ``model.batch`` call.
         max_wait_ms: How long the batcher waits for more requests after the first.
+        max_body_bytes: The largest request body; a larger one gets HTTP 413.
+        max_prompt_tokens: The longest prompt, in tokens, for a model that can count
+            them (a local model); default: the model's context window.
+        max_tokens_limit: The largest ``max_tokens`` a request may ask for; default:
+            the model's context window, else :data:`DEFAULT_MAX_TOKENS_LIMIT`.
+        request_timeout: Seconds a request may take (streams: until their last
+            chunk); past it the client gets HTTP 504 and the generation stops. None: no limit.
+        api_key: When set, every request but ``GET /health`` must send
+            ``Authorization: Bearer <api_key>`` (else HTTP 401).
+        allowed_hosts: Host names accepted in the ``Host`` header besides localhost and
+            the loopback addresses (DNS rebinding guard); None or ``["*"]``: any.
+        allowed_origins: Browser origins allowed to call; a request with any other
+            ``Origin`` header gets HTTP 403.
 
     Returns:
         The FastAPI app; run it with ``uvicorn.run(app)``. ``app.state.batcher`` holds
-        the :class:`~langchain_divconq.batcher.RequestBatcher` while the app runs.
+        the :class:`~langchain_divconq.batcher.RequestBatcher` while the app runs;
+        ``app.state.drain(grace_s)`` (thread-safe) starts a graceful shutdown.
 
     Example:
         >>> from langchain_core.language_models import FakeListChatModel
@@ -94,7 +138,7 @@ def create_app(
     try:
         from contextlib import asynccontextmanager
 
-        from fastapi import FastAPI, Request
+        from fastapi import Depends, FastAPI, Request
         from fastapi.responses import JSONResponse, StreamingResponse
         from starlette.exceptions import HTTPException as StarletteHTTPException
     except ImportError as exc:
@@ -104,17 +148,54 @@ def create_app(
     batcher = RequestBatcher(
         model, max_batch=max_batch, max_queue=max_queue, max_wait_s=max_wait_ms / 1000
     )
+    context = context_length(model)
+    limits = Limits(
+        max_body_bytes=max_body_bytes,
+        max_prompt_tokens=max_prompt_tokens if max_prompt_tokens is not None else context,
+        max_tokens_limit=max_tokens_limit
+        if max_tokens_limit is not None
+        else context or DEFAULT_MAX_TOKENS_LIMIT,
+        context=context,
+    )
+    policy = AccessPolicy(
+        api_key=api_key or None, allowed_hosts=allowed_hosts, allowed_origins=allowed_origins
+    )
+    loops: list[asyncio.AbstractEventLoop] = []
 
     @asynccontextmanager
     async def lifespan(app: "FastAPI") -> AsyncIterator[None]:
+        loops.append(asyncio.get_running_loop())
         await batcher.start()
         try:
             yield
         finally:
             await batcher.close()
 
-    app = FastAPI(title="langchain-divconq decomposer server", lifespan=lifespan)
+    async def guard(request: Request) -> None:
+        policy.check(request.method, request.url.path, request.headers)
+
+    def drain(grace_s: float) -> None:
+        """Start a graceful shutdown: no new requests; fail running ones near ``grace_s``."""
+        if not loops:
+            return
+
+        def begin() -> None:
+            batcher.stop_admitting()
+            # Leave time to send the errors and stop the generation before the server
+            # gives up on its connections at grace_s.
+            margin = min(1.0, grace_s * 0.2)
+            loops[0].call_later(max(grace_s - margin, 0.0), batcher.abort, _SHUTDOWN_MESSAGE)
+
+        loops[0].call_soon_threadsafe(begin)
+
+    app = FastAPI(
+        title="langchain-divconq decomposer server",
+        lifespan=lifespan,
+        dependencies=[Depends(guard)],
+    )
     app.state.batcher = batcher
+    app.state.limits = limits
+    app.state.drain = drain
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -154,16 +235,24 @@ def create_app(
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: Request) -> JSONResponse | StreamingResponse:
-        body = parse_request(await request.body())
+        deadline = None if request_timeout is None else time.monotonic() + request_timeout
+        body = parse_request(await _read_body(request, limits.max_body_bytes))
         if body.model not in (model_id, DEFAULT_ALIAS):
             msg = f"The model {body.model!r} does not exist; this server serves {model_id!r}."
             raise APIError(404, msg, param="model", code="model_not_found")
+        limits.check_budget(body.max_tokens, "max_tokens")
+        limits.check_budget(body.max_completion_tokens, "max_completion_tokens")
         messages, params = to_messages(body), generation_params(body)
+        if limits.max_prompt_tokens is not None or limits.context is not None:
+            await _check_prompt_length(model, messages, params, limits)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             events = _stream_events(
-                batcher, messages, params, completion_id, model_id, include_usage
+                batcher,
+                messages,
+                params,
+                _StreamInfo(completion_id, model_id, include_usage, deadline, request_timeout),
             )
             first = await _first_event(events)
             return StreamingResponse(
@@ -172,10 +261,13 @@ def create_app(
                 headers={"Cache-Control": "no-cache"},
             )
         try:
-            reply = await _unless_disconnected(request, batcher.submit(messages, params))
+            reply = await _unless_disconnected(request, batcher.submit(messages, params), deadline)
         except _ClientGone:
-            # Nobody reads the answer; the batcher skips the request if it has not started.
+            # Nobody reads the answer; the batcher skips the request if it has not
+            # started, and stops its generation if it has.
             return JSONResponse({}, status_code=499)
+        except _TimedOut as exc:
+            raise _timeout_error(request_timeout) from exc
         except QueueFullError as exc:
             raise APIError(429, str(exc), type="rate_limit_error", code="queue_full") from exc
         except BatcherClosedError as exc:
@@ -212,8 +304,60 @@ class _ClientGone(Exception):
     """The client closed the connection before its answer was ready."""
 
 
-async def _unless_disconnected(request: Any, work: Awaitable[T]) -> T:
-    """Await ``work``, cancelling it if the client disconnects first."""
+class _TimedOut(Exception):
+    """The request ran past its deadline."""
+
+
+def _timeout_error(request_timeout: float | None) -> APIError:
+    msg = (
+        f"The request took longer than this server's limit of {request_timeout:g} s "
+        "(--request-timeout) and its generation was stopped. Ask for fewer tokens or retry."
+    )
+    return APIError(504, msg, type="server_error", code="request_timeout")
+
+
+async def _read_body(request: Any, limit: int) -> bytes:
+    """Read the body, refusing with 413 as soon as it is known to exceed ``limit`` bytes."""
+    msg = (
+        f"The request body is larger than this server's limit of {limit} bytes (--max-body-bytes)."
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise APIError(413, msg, code="request_too_large")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():  # counted as it arrives: chunked bodies too
+        size += len(chunk)
+        if size > limit:
+            raise APIError(413, msg, code="request_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _check_prompt_length(
+    model: BaseChatModel, messages: list[BaseMessage], params: RequestParams, limits: Limits
+) -> None:
+    try:
+        # Tokenizing up to a megabyte takes a while; keep the event loop free.
+        tokens = await asyncio.to_thread(count_prompt_tokens, model, messages)
+    except Exception as exc:
+        logger.warning("Could not count the prompt's tokens", exc_info=True)
+        msg = f"The messages could not be tokenized: {type(exc).__name__}: {exc}"
+        raise APIError(400, msg, param="messages", code="invalid_value") from exc
+    if tokens is not None:
+        limits.check_prompt(tokens, params.max_tokens)
+
+
+async def _unless_disconnected(
+    request: Any, work: Awaitable[T], deadline: float | None = None
+) -> T:
+    """Await ``work``; cancel it if the client disconnects first or ``deadline`` passes.
+
+    Raises:
+        _ClientGone: The client disconnected.
+        _TimedOut: The deadline (``time.monotonic()``) passed.
+
+    """
 
     async def disconnected() -> None:
         # After the body has been read, the next ASGI message is the disconnect.
@@ -222,16 +366,20 @@ async def _unless_disconnected(request: Any, work: Awaitable[T]) -> T:
 
     task = asyncio.ensure_future(work)
     watch = asyncio.ensure_future(disconnected())
+    timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
     try:
-        done, _ = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {task, watch}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
     except BaseException:
         task.cancel()
         raise
     finally:
         watch.cancel()
     if task not in done:
+        # Cancelling the submit cancels its future; the batcher then stops the generation.
         task.cancel()
-        raise _ClientGone
+        raise _ClientGone if watch in done else _TimedOut
     return task.result()
 
 
@@ -255,23 +403,84 @@ async def _chain_events(first: str, rest: AsyncGenerator[str, None]) -> AsyncIte
         await rest.aclose()
 
 
+@dataclass(frozen=True)
+class _StreamInfo:
+    """What a stream's chunks carry, and when the stream must end."""
+
+    completion_id: str
+    """The ``id`` of every chunk."""
+    model_id: str
+    """The ``model`` of every chunk."""
+    include_usage: bool
+    """Whether a last chunk carries the usage."""
+    deadline: float | None
+    """``time.monotonic()`` past which the stream ends with a timeout error."""
+    request_timeout: float | None
+    """The configured timeout, for the error message."""
+
+
+class _Interrupted(Exception):
+    """A stream was stopped by its timeout or by the server shutting down."""
+
+    def __init__(self, error: APIError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+async def _next_piece(
+    stream: AsyncIterator[BaseMessage], info: _StreamInfo, aborted: asyncio.Event
+) -> BaseMessage:
+    """Return the stream's next chunk, unless the deadline passes or the server aborts first.
+
+    Raises:
+        StopAsyncIteration: The stream ended.
+        _Interrupted: The deadline passed or the server is shutting down; the pending
+            step was cancelled, which stops a local model's generation.
+
+    """
+    if aborted.is_set():
+        raise _Interrupted(
+            APIError(503, _SHUTDOWN_MESSAGE, type="server_error", code="shutting_down")
+        )
+    step = asyncio.ensure_future(anext(stream))
+    abort = asyncio.ensure_future(aborted.wait())
+    timeout = None if info.deadline is None else max(info.deadline - time.monotonic(), 0.0)
+    try:
+        done, _ = await asyncio.wait(
+            {step, abort}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+    except BaseException:
+        step.cancel()
+        raise
+    finally:
+        abort.cancel()
+    if step in done:
+        return step.result()
+    step.cancel()
+    with contextlib.suppress(BaseException):
+        await step
+    if abort in done:
+        raise _Interrupted(
+            APIError(503, _SHUTDOWN_MESSAGE, type="server_error", code="shutting_down")
+        )
+    raise _Interrupted(_timeout_error(info.request_timeout))
+
+
 async def _stream_events(
     batcher: RequestBatcher,
     messages: list[BaseMessage],
     params: RequestParams,
-    completion_id: str,
-    model_id: str,
-    include_usage: bool,
+    info: _StreamInfo,
 ) -> AsyncGenerator[str, None]:
     def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "id": completion_id,
+            "id": info.completion_id,
             "object": "chat.completion.chunk",
             "created": int(time.time()),
-            "model": model_id,
+            "model": info.model_id,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
         }
-        if include_usage:
+        if info.include_usage:
             body["usage"] = None
         return body
 
@@ -281,8 +490,13 @@ async def _stream_events(
         usage: UsageMetadata | None = None
         last: BaseMessage = AIMessage(content="")
         stopped = False
+        stream = model.astream(messages)
         try:
-            async for piece in model.astream(messages):
+            while True:
+                try:
+                    piece = await _next_piece(stream, info, batcher.aborted)
+                except StopAsyncIteration:
+                    break
                 last = piece
                 piece_usage = getattr(piece, "usage_metadata", None)
                 if piece_usage:
@@ -292,17 +506,26 @@ async def _stream_events(
                     yield sse(chunk({"content": text}))
                 if stopped:
                     break
+        except _Interrupted as interrupted:
+            yield sse(interrupted.error.body())
+            yield sse("[DONE]")
+            return
         except Exception as exc:
             logger.exception("Streaming generation failed")
             msg = f"Generation failed: {type(exc).__name__}: {exc}"
             yield sse(APIError(500, msg, type="server_error", code="generation_failed").body())
             yield sse("[DONE]")
             return
+        finally:
+            # Close the model's stream here, while holding the model, so that a local
+            # model stops generating now (a client that left, a stop string, an error).
+            with contextlib.suppress(Exception):
+                await stream.aclose()  # type: ignore[attr-defined]
         tail = "" if stopped else stop_filter.flush()
         if tail:
             yield sse(chunk({"content": tail}))
         yield sse(chunk({}, finish_reason(last, usage, _budget(model, params), stopped)))
-        if include_usage:
+        if info.include_usage:
             final = chunk({})
             final["choices"], final["usage"] = [], usage_body(usage)
             yield sse(final)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,8 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableConfig
+
+from langchain_divconq.local.decoding import CANCEL_EVENT
 
 __all__ = [
     "BatcherClosedError",
@@ -138,6 +141,9 @@ class RequestBatcher:
         self._lock = asyncio.Lock()
         self._worker: asyncio.Task[None] | None = None
         self._variants: dict[RequestParams, BaseChatModel] = {}
+        self._running: list[_Item] = []
+        self.aborted = asyncio.Event()
+        """Set by :meth:`abort`; streams watch it to end with an error."""
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -158,6 +164,24 @@ class RequestBatcher:
                 await self._worker
             self._worker = None
         self._fail_queued()
+
+    def stop_admitting(self) -> None:
+        """Refuse new requests with :class:`BatcherClosedError`; admitted ones carry on."""
+        self._closed = True
+
+    def abort(self, message: str) -> None:
+        """Fail every admitted request now: waiting and running ones, and streams.
+
+        Their callers get :class:`BatcherClosedError` with ``message``; a running
+        batch whose callers are all gone is told to stop generating (see
+        :data:`~langchain_divconq.local.decoding.CANCEL_EVENT`).
+        """
+        self._closed = True
+        self.aborted.set()
+        for item in self._running:
+            if not item.future.done():
+                item.future.set_exception(BatcherClosedError(message))
+        self._fail_queued(message)
 
     @property
     def pending(self) -> int:
@@ -210,6 +234,9 @@ class RequestBatcher:
         self._admit()
         try:
             async with self._lock:
+                if self.aborted.is_set():  # shut down while this stream waited for the model
+                    msg = "The server is shutting down and takes no new requests."
+                    raise BatcherClosedError(msg)
                 self.stats.streams += 1
                 yield self.variant(params)
         finally:
@@ -280,21 +307,25 @@ class RequestBatcher:
                         item.future.set_exception(exc)
 
     async def _run_group(self, params: RequestParams, group: list[_Item]) -> None:
-        prompts: list[Any] = [item.messages for item in group]
-        outputs: list[Any]
-        try:
-            model = self.variant(params)
-            async with self._lock:
-                outputs = await asyncio.to_thread(
-                    model.batch, prompts, self.config, return_exceptions=True
-                )
-        except Exception as exc:
-            logger.exception("A batch of %d requests failed", len(group))
-            outputs = [exc] * len(group)
+        model = self.variant(params)
+        outputs = await self._call(model, group)
         self.stats.batches += 1
-        self.stats.requests += len(group)
         self.stats.largest_batch = max(self.stats.largest_batch, len(group))
         self.stats.batch_sizes[len(group)] = self.stats.batch_sizes.get(len(group), 0) + 1
+        # One exception object shared by several requests means the whole call failed
+        # (a batched engine fails every prompt of a call), so the culprit is unknown:
+        # run those requests again one at a time, so that only the culprit fails.
+        shared: dict[int, int] = {}
+        for output in outputs:
+            if isinstance(output, BaseException):
+                shared[id(output)] = shared.get(id(output), 0) + 1
+        for index, (item, output) in enumerate(zip(group, outputs, strict=True)):
+            if isinstance(output, BaseException) and shared[id(output)] > 1:
+                if item.future.done():
+                    continue
+                logger.warning("A batch call failed (%s); retrying its requests one by one", output)
+                outputs[index] = (await self._call(model, [item]))[0]
+        self.stats.requests += len(group)
         for item, output in zip(group, outputs, strict=True):
             if item.future.done():
                 continue
@@ -303,9 +334,45 @@ class RequestBatcher:
             else:
                 item.future.set_result(output)
 
-    def _fail_queued(self) -> None:
+    async def _call(self, model: BaseChatModel, group: list[_Item]) -> list[Any]:
+        """Run ``model.batch`` for ``group`` in a thread; stop it once every caller is gone."""
+        cancel = threading.Event()
+
+        def gone(_: object) -> None:
+            if all(item.future.done() for item in group):
+                cancel.set()
+
+        for item in group:
+            item.future.add_done_callback(gone)
+        prompts: list[Any] = [item.messages for item in group]
+
+        def run() -> list[Any]:
+            # model.batch runs each prompt in a thread that copies this context, so a
+            # local model sees the event and ends those rows between decoding steps.
+            token = CANCEL_EVENT.set(cancel)
+            try:
+                return model.batch(prompts, self.config, return_exceptions=True)
+            finally:
+                CANCEL_EVENT.reset(token)
+
+        self._running = group
+        try:
+            async with self._lock:
+                return list(await asyncio.to_thread(run))
+        except asyncio.CancelledError:
+            cancel.set()  # shutting down: the thread must not keep generating
+            raise
+        except Exception as exc:
+            logger.exception("A batch of %d requests failed", len(group))
+            return [exc] * len(group)
+        finally:
+            self._running = []
+            for item in group:
+                item.future.remove_done_callback(gone)
+
+    def _fail_queued(self, message: str = "") -> None:
+        message = message or "The server shut down before this request was answered."
         while not self._queue.empty():
             item = self._queue.get_nowait()
             if not item.future.done():
-                msg = "The server shut down before this request was answered."
-                item.future.set_exception(BatcherClosedError(msg))
+                item.future.set_exception(BatcherClosedError(message))

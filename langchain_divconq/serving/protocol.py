@@ -136,6 +136,9 @@ def parse_request(raw: bytes) -> ChatCompletionRequest:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         msg = f"The request body is not valid JSON ({exc}). Send a JSON object."
         raise APIError(400, msg, code="invalid_json") from exc
+    except RecursionError as exc:  # the decoder recurses once per nesting level
+        msg = "The request body is nested too deep to parse. Send a flat chat request."
+        raise APIError(400, msg, code="invalid_json") from exc
     if not isinstance(data, dict):
         msg = f"The request body must be a JSON object, got {type(data).__name__}."
         raise APIError(400, msg, code="invalid_json")
@@ -158,7 +161,27 @@ def parse_request(raw: bytes) -> ChatCompletionRequest:
     if isinstance(request.stop, list) and len(request.stop) > 4:
         msg = f"'stop' takes at most 4 strings, got {len(request.stop)}."
         raise APIError(400, msg, param="stop", code="invalid_value")
+    for index, message in enumerate(request.messages):
+        content = message.content
+        parts = [p.text for p in content] if isinstance(content, list) else [content or ""]
+        for part in parts:
+            _check_unicode(part, f"messages.{index}.content")
+    stops = [request.stop] if isinstance(request.stop, str) else request.stop or []
+    for stop in stops:
+        _check_unicode(stop, "stop")
     return request
+
+
+def _check_unicode(text: str, param: str) -> None:
+    """Refuse a lone UTF-16 surrogate, which JSON can escape but no tokenizer can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        msg = (
+            f"'{param}' contains a lone surrogate U+{ord(text[exc.start]):04X} at character "
+            f"{exc.start}, which is not valid Unicode text. Escape or remove it."
+        )
+        raise APIError(400, msg, param=param, code="invalid_value") from None
 
 
 def to_messages(request: ChatCompletionRequest) -> list[BaseMessage]:

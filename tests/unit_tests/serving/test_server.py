@@ -491,9 +491,9 @@ def test_local_model_concurrent_requests_share_generate_calls(
     calls: list[int] = []
     generate_texts = type(tiny_chat_model)._generate_texts
 
-    def counting(self: Any, prompts: Any, params: Any) -> Any:
+    def counting(self: Any, prompts: Any, params: Any, *cancels: Any) -> Any:
         calls.append(len(prompts))
-        return generate_texts(self, prompts, params)
+        return generate_texts(self, prompts, params, *cancels)
 
     monkeypatch.setattr(type(tiny_chat_model), "_generate_texts", counting)
     messages = ask()
