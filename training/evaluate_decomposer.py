@@ -112,6 +112,15 @@ def _with_deltas(results: dict[str, dict[str, Any]]) -> None:
         summary["delta_vs_trivial_ci"] = bootstrap_ci(diffs)
 
 
+def _cache_file(args: argparse.Namespace, adapter: str, task: Task) -> Path | None:
+    """Where one adapter's raw outputs on one task sample are kept (resuming a long run)."""
+    if not args.cache_dir:
+        return None
+    key = adapter.replace("/", "_").strip("_.")
+    name = f"{key}-{task.name}-n{len(task.examples)}-seed{args.seed}-t{args.max_new_tokens}.json"
+    return Path(args.cache_dir) / name
+
+
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     tasks = _load_tasks(args)
     report: dict[str, Any] = {
@@ -133,14 +142,22 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         raw_by[adapter] = {}
         for task, _ in tasks:
             n_max = _max_sub_questions(task)
+            cache = _cache_file(args, adapter, task)
+            if cache is not None and cache.is_file():
+                raw_by[adapter][task.name] = json.loads(cache.read_text(encoding="utf-8"))
+                continue
             model_n = model.model_copy(update={"max_lines": n_max + 1})
-            raw_by[adapter][task.name] = decomposer_outputs(
+            raw = decomposer_outputs(
                 model_n,
                 task.examples,
                 max_sub_questions=n_max,
                 batch_size=args.batch_size,
                 progress=args.progress,
             )
+            raw_by[adapter][task.name] = raw
+            if cache is not None and not any(isinstance(v, BaseException) for v in raw.values()):
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                cache.write_text(json.dumps(raw), encoding="utf-8")
         if args.check_rule:
             ruled = model.model_copy(update={"no_repeat_lines": True})
             task = tasks[0][0]
@@ -178,6 +195,25 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Merge reports of the same samples (seed, sizes) into one, decomposers side by side."""
+    merged: dict[str, Any] = {"seed": reports[0]["seed"], "tasks": {}, "decomposers": []}
+    for report in reports:
+        if report["seed"] != merged["seed"]:
+            msg = "Reports with different seeds sample different questions; not merged."
+            raise ValueError(msg)
+        for dec in report["decomposers"]:
+            if dec not in merged["decomposers"]:
+                merged["decomposers"].append(dec)
+        for name, task in report["tasks"].items():
+            into = merged["tasks"].setdefault(name, {"split": task["split"], "n": task["n"]})
+            if into["n"] != task["n"]:
+                msg = f"{name}: reports scored {into['n']} and {task['n']} questions; not merged."
+                raise ValueError(msg)
+            into.update({k: v for k, v in task.items() if isinstance(v, dict)})
+    return merged
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.0f}%"
 
@@ -191,6 +227,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [head, "|" + " --- |" * 10]
     for name, task in report["tasks"].items():
         for dec in report["decomposers"]:
+            if dec not in task:
+                continue
             s = task[dec]
             repeat = _pct(s["repeat_rate"])
             if "raw_repeat_rate" in s:
@@ -230,7 +268,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--out", default=None, help="also write the JSON report here")
+    parser.add_argument(
+        "--cache-dir", default=None, help="keep raw outputs per adapter and task here (resume)"
+    )
+    parser.add_argument(
+        "--render", nargs="+", default=None, help="only print one table merged from JSON reports"
+    )
     args = parser.parse_args()
+    if args.render:
+        print(markdown(merge_reports([json.loads(Path(p).read_text()) for p in args.render])))
+        return
     if args.threads:
         import torch
 
