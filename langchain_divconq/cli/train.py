@@ -12,25 +12,48 @@ import argparse
 import dataclasses
 import json
 import logging
+import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from langchain_divconq.tracing.trace import Trace
 
 __all__ = ["register_cli"]
 
 
 def _dataset(args: argparse.Namespace) -> int:
-    from langchain_divconq.training.dataset import build_dataset
-    from langchain_divconq.training.stores import DATASET_INFO_FILE, iter_traces
+    from langchain_divconq.training.dataset import NoExamplesError, build_dataset
+    from langchain_divconq.training.stores import DATASET_INFO_FILE, describe_skipped, iter_traces
 
-    ds = build_dataset(
-        iter_traces(args.store),
-        variant=args.variant,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        dedup=not args.no_dedup,
-        max_sub_questions=args.max_sub_questions,
-        max_examples=args.max_examples,
-    )
+    skipped: list[tuple[str, str]] = []
+    read = 0
+
+    def traces() -> Iterator[Trace]:
+        nonlocal read
+        for trace in iter_traces(args.store, skipped=skipped):
+            read += 1
+            yield trace
+
+    try:
+        ds = build_dataset(
+            traces(),
+            variant=args.variant,
+            val_fraction=args.val_fraction,
+            seed=args.seed,
+            dedup=not args.no_dedup,
+            max_sub_questions=args.max_sub_questions,
+            max_examples=args.max_examples,
+        )
+    except NoExamplesError as exc:
+        msg = (
+            f"{exc} From {args.store}: {read} traces read, {describe_skipped(skipped)}. "
+            "Nothing was written; fix or remove the skipped lines, or record more traces."
+        )
+        raise ValueError(msg) from exc
+    if skipped:
+        print(f"warning: {args.store}: {describe_skipped(skipped)}", file=sys.stderr)
     out = Path(args.out)
     ds.save_to_disk(str(out))
     info = {
@@ -39,6 +62,8 @@ def _dataset(args: argparse.Namespace) -> int:
         "splits": {name: len(split) for name, split in ds.items()},
         "val_fraction": args.val_fraction,
         "seed": args.seed,
+        "traces_read": read,
+        "lines_skipped": len(skipped),
     }
     (out / DATASET_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     counts = ", ".join(f"{n} {name}" for name, n in info["splits"].items())
@@ -46,9 +71,32 @@ def _dataset(args: argparse.Namespace) -> int:
     return 0
 
 
-def _distill(args: argparse.Namespace) -> int:
+def _load_dataset(folder: Path) -> Any:
+    """Load a saved dataset; one without rows is a clear error (``datasets`` raises IndexError)."""
     from datasets import load_from_disk
 
+    from langchain_divconq.training.stores import DATASET_INFO_FILE
+
+    empty = (
+        f"Dataset {str(folder)!r} has no rows in its train split, so there is nothing to "
+        "distill; rebuild it with `divconq dataset` from a store with usable traces."
+    )
+    info_path = folder / DATASET_INFO_FILE
+    if info_path.is_file():
+        try:
+            info = json.loads(info_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            msg = f"{info_path} is not valid JSON ({exc}); rebuild the dataset."
+            raise ValueError(msg) from exc
+        if isinstance(info, dict) and (info.get("splits") or {}).get("train") == 0:
+            raise ValueError(empty)
+    try:
+        return load_from_disk(str(folder))
+    except IndexError as exc:  # a split saved with no rows has no shards to read
+        raise ValueError(empty) from exc
+
+
+def _distill(args: argparse.Namespace) -> int:
     from langchain_divconq.training.config import config_from_args
     from langchain_divconq.training.distillation import distill
     from langchain_divconq.training.stores import DATASET_INFO_FILE
@@ -62,13 +110,13 @@ def _distill(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         msg = f"Dataset folder {str(folder)!r} does not exist; build it with `divconq dataset`."
         raise FileNotFoundError(msg)
+    dataset = _load_dataset(folder)
     info_path = folder / DATASET_INFO_FILE
     if info_path.is_file():
         info: dict[str, Any] = json.loads(info_path.read_text(encoding="utf-8"))
         if info.get("variant") and info["variant"] != config.variant:
             # The data decides what was distilled; the metadata must say so.
             config = dataclasses.replace(config, variant=info["variant"])
-    dataset = load_from_disk(str(folder))
     out = distill(config, dataset)
     meta = json.loads((out / "divconq_adapter.json").read_text(encoding="utf-8"))
     print(

@@ -123,12 +123,34 @@ def resolve_base_model(base: str | os.PathLike[str] | None) -> str:
                 return EMBEDDED_HUB_ID
             raise
     path = Path(base).expanduser()
+    how = "pass a folder written by save_pretrained, a hub id, or None for the embedded SmolLM2."
     if path.exists():
         if not (path / "config.json").is_file():
+            msg = f"Base model folder {str(path)!r} has no config.json; {how}"
+            raise ValueError(msg)
+        if not any(next(path.glob(pattern), None) for pattern in _WEIGHT_FILES):
+            # transformers would otherwise go on to ask the hub for a local folder's weights
             msg = (
-                f"Base model folder {str(path)!r} has no config.json; pass a folder written by "
-                "save_pretrained, a hub id, or None for the embedded SmolLM2."
+                f"Base model folder {str(path)!r} has no model weights (*.safetensors or "
+                f"pytorch_model*.bin); was the save interrupted? Otherwise {how}"
             )
             raise ValueError(msg)
         return str(path)
-    return str(base)
+    text = str(base)
+    if _looks_like_a_path(text):
+        msg = f"Base model folder {text!r} does not exist; {how}"
+        raise ValueError(msg)
+    return text
+
+
+_WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin")
+
+
+def _looks_like_a_path(text: str) -> bool:
+    """Tell a filesystem path from a hub id (``name`` or ``org/name``)."""
+    return (
+        text.startswith((".", "/", "~"))
+        or "\\" in text
+        or text.count("/") > 1
+        or Path(text).is_absolute()
+    )

@@ -6,6 +6,7 @@ module stays cheap.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,9 @@ from langchain_divconq.prompts import DEFAULT_MAX_SUB_QUESTIONS
 
 __all__ = [
     "ADAPTERS_DIR",
+    "ADAPTER_WEIGHTS",
     "DEFAULT_ADAPTER_DIR",
+    "check_adapter_dir",
     "load_decomposer",
     "load_local_model",
     "resolve_adapter",
@@ -59,6 +62,53 @@ def resolve_adapter(adapter: str | Path | None) -> Path | None:
     return Path(adapter).expanduser()
 
 
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+"""The file names peft saves adapter weights under; one must be in an adapter folder."""
+
+
+def check_adapter_dir(adapter: str | Path) -> Path:
+    """Check that ``adapter`` is a loadable peft adapter folder and return it as a Path.
+
+    The folder must hold an ``adapter_config.json`` that is a JSON object naming its
+    ``peft_type``, and the weights (:data:`ADAPTER_WEIGHTS`). A local folder is never
+    looked up on the hub (peft does that when the weights are missing).
+
+    Raises:
+        ValueError: Naming the folder or file and what is wrong with it.
+
+    """
+    folder = Path(adapter).expanduser()
+    config = folder / "adapter_config.json"
+    how = (
+        "Pass a folder written by a peft model's save_pretrained (e.g. the output of "
+        "`divconq distill`), or adapter=None to use the base model alone."
+    )
+    if not config.is_file():
+        msg = f"Adapter folder {str(adapter)!r} not found or has no adapter_config.json. {how}"
+        raise ValueError(msg)
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        msg = f"{config} is not valid JSON ({exc}); the adapter folder is damaged. {how}"
+        raise ValueError(msg) from exc
+    if not isinstance(data, dict):
+        msg = f"{config} must hold a JSON object; it holds a {type(data).__name__}. {how}"
+        raise ValueError(msg)
+    if not isinstance(data.get("peft_type"), str):
+        msg = (
+            f"{config} has no 'peft_type' (keys: {sorted(data)}); it is not a peft adapter "
+            f"config. {how}"
+        )
+        raise ValueError(msg)
+    if not any((folder / name).is_file() for name in ADAPTER_WEIGHTS):
+        msg = (
+            f"Adapter folder {str(folder)!r} has an adapter_config.json but no adapter weights "
+            f"({' or '.join(ADAPTER_WEIGHTS)}); was the save interrupted? {how}"
+        )
+        raise ValueError(msg)
+    return folder
+
+
 def _check_path_arg(value: object, name: str) -> None:
     if value is not None and not isinstance(value, str | Path):
         msg = f"{name} must be a str, a Path or None; received {type(value).__name__}."
@@ -98,16 +148,7 @@ def load_local_model(
 
     from langchain_divconq.local.embedded import resolve_base_model
 
-    adapter_dir = None
-    if adapter is not None:
-        adapter_dir = Path(adapter).expanduser()
-        if not (adapter_dir / "adapter_config.json").is_file():
-            msg = (
-                f"Adapter folder {str(adapter)!r} not found or has no adapter_config.json. "
-                "Pass a folder written by a peft model's save_pretrained (e.g. the output of "
-                "`divconq distill`), or adapter=None to use the base model alone."
-            )
-            raise ValueError(msg)
+    adapter_dir = None if adapter is None else check_adapter_dir(adapter)
     path = resolve_base_model(base)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dtype is None:

@@ -37,6 +37,7 @@ from langchain_divconq.jsonl import JsonlAppender, iter_lines
 from langchain_divconq.tracing.trace import SCHEMA_VERSION, Trace
 
 __all__ = [
+    "SKIP_REASONS",
     "TRACE_FILE_MODE",
     "JsonlTraceStore",
     "MemoryTraceStore",
@@ -126,6 +127,16 @@ class TraceStore(ABC):
     def __iter__(self) -> Iterator[Trace]:
         """Yield every readable trace, oldest first."""
 
+    def read(self, skipped: list[tuple[str, str]] | None = None) -> Iterator[Trace]:
+        """Yield every readable trace, oldest first, noting the records that were not.
+
+        Args:
+            skipped: When given, gets one ``(where, reason)`` pair per stored record
+                that was skipped (``"file:line"`` and one of :data:`SKIP_REASONS`).
+
+        """
+        yield from self
+
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
@@ -190,13 +201,26 @@ class MemoryTraceStore(TraceStore):
         return len(self.traces)
 
 
-def _parse_line(line: bytes, where: str) -> Trace | None:
+SKIP_REASONS = ("not valid JSON", "not a valid trace", "of a newer schema")
+"""Why a stored record can be skipped when reading (see :meth:`TraceStore.read`)."""
+
+
+def _parse_line(
+    line: bytes, where: str, skipped: list[tuple[str, str]] | None = None
+) -> Trace | None:
     try:
         trace = Trace.model_validate_json(line)
     except (ValidationError, ValueError) as exc:
+        invalid_json = isinstance(exc, ValidationError) and any(
+            error["type"] == "json_invalid" for error in exc.errors()
+        )
+        if skipped is not None:
+            skipped.append((where, SKIP_REASONS[0] if invalid_json else SKIP_REASONS[1]))
         logger.warning("%s: skipping a record that is not a valid trace (%s)", where, exc)
         return None
     if trace.schema_version > SCHEMA_VERSION:
+        if skipped is not None:
+            skipped.append((where, SKIP_REASONS[2]))
         logger.warning(
             "%s: skipping a trace of schema version %d; this version reads <= %d "
             "(upgrade langchain-divconq)",
@@ -247,10 +271,14 @@ class JsonlTraceStore(TraceStore):
         return len(lines)
 
     def __iter__(self) -> Iterator[Trace]:
+        return self.read()
+
+    def read(self, skipped: list[tuple[str, str]] | None = None) -> Iterator[Trace]:
+        """Yield every readable trace; see :meth:`TraceStore.read`."""
         if not self.path.exists():
             return
         for _, line, where in iter_lines(self.path):
-            trace = _parse_line(line, where)
+            trace = _parse_line(line, where, skipped)
             if trace is not None:
                 yield trace
 
@@ -391,7 +419,12 @@ class SqliteTraceStore(TraceStore):
             self._insert(rows)
         return len(rows)
 
-    def _select(self, where: str = "", params: tuple[Any, ...] = ()) -> Iterator[Trace]:
+    def _select(
+        self,
+        where: str = "",
+        params: tuple[Any, ...] = (),
+        skipped: list[tuple[str, str]] | None = None,
+    ) -> Iterator[Trace]:
         # Page by sequence number so no read transaction stays open while the
         # caller works, and writers are never blocked by a slow reader.
         last = 0
@@ -404,7 +437,7 @@ class SqliteTraceStore(TraceStore):
                     (last, *params),
                 ).fetchall()
             for seq, data in rows:
-                trace = _parse_line(data.encode("utf-8"), f"{self.path}#{seq}")
+                trace = _parse_line(data.encode("utf-8"), f"{self.path}#{seq}", skipped)
                 if trace is not None:
                     yield trace
             if len(rows) < self._PAGE:
@@ -413,6 +446,10 @@ class SqliteTraceStore(TraceStore):
 
     def __iter__(self) -> Iterator[Trace]:
         return self._select()
+
+    def read(self, skipped: list[tuple[str, str]] | None = None) -> Iterator[Trace]:
+        """Yield every readable trace; see :meth:`TraceStore.read`."""
+        return self._select(skipped=skipped)
 
     def __len__(self) -> int:
         with self._lock:

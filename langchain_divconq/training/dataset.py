@@ -21,7 +21,7 @@ import json
 import math
 import random
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import combinations, pairwise
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PARTS",
     "VARIANTS",
+    "NoExamplesError",
     "Part",
     "Variant",
     "build_dataset",
@@ -385,6 +386,10 @@ def _split(
     return train, val
 
 
+class NoExamplesError(ValueError):
+    """No trace gave a training example, so there is no dataset to write."""
+
+
 def build_dataset(
     traces: Iterable[Trace],
     *,
@@ -415,6 +420,9 @@ def build_dataset(
         A ``DatasetDict`` with ``train`` (and ``validation``) splits whose rows have
         ``prompt`` and ``completion`` message lists plus ``question`` and ``trace_id``.
 
+    Raises:
+        NoExamplesError: No trace gave an example for the variant (a ``ValueError``).
+
     Example:
         >>> t = Trace(question="Tom has 3 bags of 4 apples. How many?",
         ...           sub_questions=["How many bags?", "How many apples per bag?"])
@@ -434,8 +442,16 @@ def build_dataset(
     if max_examples is not None and max_examples < 1:
         msg = f"max_examples must be >= 1 or None, got {max_examples}."
         raise ValueError(msg)
+    seen = 0
+
+    def counted() -> Iterator[Trace]:
+        nonlocal seen
+        for trace in traces:
+            seen += 1
+            yield trace
+
     examples = select_examples(
-        traces,
+        counted(),
         variant=variant,
         part=part,
         max_sub_questions=max_sub_questions,
@@ -443,11 +459,13 @@ def build_dataset(
         keep=keep,
     )
     if not examples:
-        msg = (
-            f"No trace qualifies for variant {variant!r}. SD-R needs scored, correct runs; "
-            "SE-A needs traces with a reference answer; all need a decomposition or a solution."
-        )
-        raise ValueError(msg)
+        msg = f"No trace qualifies for variant {variant!r}: 0 of {seen} traces gave an example."
+        if seen:
+            msg += (
+                " SD-R needs scored, correct runs; SE-A needs traces with a reference answer; "
+                "all need a decomposition or a solution and no error."
+            )
+        raise NoExamplesError(msg)
     train, val = _split(examples, val_fraction, seed)
     if max_examples is not None:
         train = train[:max_examples]

@@ -315,6 +315,9 @@ def _load_initial_adapter(model: Any, folder: Path, config: DistillConfig) -> No
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
+    from langchain_divconq.local.loaders import check_adapter_dir
+
+    check_adapter_dir(folder)  # a clear error for a damaged folder, never a hub look-up
     saved = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
     if saved.get("r") != config.lora_r or set(saved.get("target_modules") or []) != set(
         config.target_modules
@@ -377,5 +380,12 @@ def read_metadata(folder: str | Path) -> dict[str, Any]:
     if not path.is_file():
         msg = f"No {METADATA_FILE} in {str(folder)!r}; was the folder written by distill()?"
         raise FileNotFoundError(msg)
-    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        msg = f"{path} is not valid JSON ({exc}); the adapter folder is damaged, retrain it."
+        raise ValueError(msg) from exc
+    if not isinstance(data, dict):
+        msg = f"{path} must hold a JSON object; it holds a {type(data).__name__}."
+        raise ValueError(msg)
     return data
