@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 from typing import Any
@@ -13,6 +14,8 @@ from langchain_divconq.serving.access import WILDCARD_BINDS
 from langchain_divconq.serving.limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS_LIMIT
 
 __all__ = ["API_KEY_ENV", "allowed_hosts_for", "register_cli", "resolve_api_key", "serve_app"]
+
+logger = logging.getLogger(__name__)
 
 API_KEY_ENV = "DIVCONQ_API_KEY"
 """The environment variable that holds the server's API key when --api-key is not given."""
@@ -167,8 +170,21 @@ def _load_model(args: argparse.Namespace) -> BaseChatModel:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("uvicorn") is None:  # before the minutes of model loading
+        msg = "divconq serve needs the 'serve' extra: pip install 'langchain-divconq[serve]'."
+        raise ImportError(msg)
     from langchain_divconq.serving.app import create_app
 
+    api_key = resolve_api_key(args.api_key)
+    if args.host in WILDCARD_BINDS and api_key is None:
+        logger.warning(
+            "Serving on every interface (%s) without an API key: anyone who can reach this "
+            "machine can use the model. Set --api-key or %s.",
+            args.host or "0.0.0.0",
+            API_KEY_ENV,
+        )
     model = _load_model(args)
     app = create_app(
         model,
@@ -180,7 +196,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_prompt_tokens=args.max_prompt_tokens,
         max_tokens_limit=args.max_tokens_limit,
         request_timeout=args.request_timeout or None,
-        api_key=resolve_api_key(args.api_key),
+        api_key=api_key,
         allowed_hosts=allowed_hosts_for(args.host, args.allowed_hosts),
         allowed_origins=args.allowed_origins,
     )
