@@ -62,6 +62,7 @@ from langchain_divconq.local.engine.rows import (
 from langchain_divconq.local.engine.stopping import (
     TokenStopChecker,
     decomposer_stop,
+    repeated_line_start,
     stop_strings,
     text_stop_checker,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "TokenStopChecker",
     "decomposer_stop",
     "generate_greedy",
+    "repeated_line_start",
     "stop_strings",
     "text_stop_checker",
 ]
