@@ -18,6 +18,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator, Generator, Sequence
+from concurrent.futures import CancelledError
 from typing import Any, ClassVar, Literal, Self
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -35,12 +36,13 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import get_config_list
-from pydantic import ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 from langchain_divconq.local.decoding import (
     BATCH_TICKET,
     CANCEL_EVENT,
     BatchTicket,
+    Deadline,
     GenerationParams,
     GenerationResult,
     MicroBatcher,
@@ -48,6 +50,7 @@ from langchain_divconq.local.decoding import (
     TokenQueue,
     all_cancelled,
     cut_text,
+    expired,
     held_back,
 )
 
@@ -182,6 +185,18 @@ class ChatLocalModel(BaseChatModel):
     draft: Literal["auto", "int8", "lookup"] = "auto"
     """Where ``fast_decoding`` gets its drafts at batch 1: ``"int8"`` (an int8 copy of
     the model, CPU), ``"lookup"`` (n-grams of the prompt; no extra copy) or ``"auto"``."""
+    timeout: float | None = Field(default=None, gt=0)
+    """Most seconds one call may take, waiting for its batch included (LangChain's standard
+    parameter). When it passes, generation stops at the next step and the text so far
+    comes back with ``finish_reason="timeout"``; a call still queued raises ``TimeoutError``.
+    With ``fast_decoding``, a batched call stops once every row in it has timed out.
+    None: no limit."""
+    max_retries: int = Field(default=0, ge=0)
+    """Accepted for code that sets it on every chat model; unused: a model in this process
+    has no network failures to retry."""
+    api_key: SecretStr | None = Field(default=None, exclude=True, repr=False)
+    """Accepted for code that sets it on every chat model; unused: a local model needs no
+    key. Kept as a ``SecretStr``, never sent, serialized or logged."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
@@ -322,10 +337,27 @@ class ChatLocalModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         # A caller that may abandon the call (divconq serve) sets CANCEL_EVENT around it.
-        future = self._get_batcher().submit(
-            *self._request(messages, stop, kwargs), cancel=CANCEL_EVENT.get()
-        )
-        return ChatResult(generations=[ChatGeneration(message=self._message(future.result()))])
+        cancel = self._with_deadline(CANCEL_EVENT.get())
+        future = self._get_batcher().submit(*self._request(messages, stop, kwargs), cancel=cancel)
+        try:
+            result = future.result()
+        except CancelledError:
+            self._raise_if_timed_out(cancel)
+            raise
+        return ChatResult(generations=[ChatGeneration(message=self._message(result))])
+
+    def _with_deadline(self, cancel: threading.Event | None) -> threading.Event | None:
+        """Return the call's cancel event, bounded by :attr:`timeout` when one is set."""
+        return cancel if self.timeout is None else Deadline(self.timeout, cancel)
+
+    def _raise_if_timed_out(self, cancel: threading.Event | None) -> None:
+        if expired(cancel):
+            msg = (
+                f"ChatLocalModel call timed out after {self.timeout}s before its generation "
+                "started (other calls held the model); raise timeout= or send fewer "
+                "concurrent calls."
+            )
+            raise TimeoutError(msg) from None
 
     async def _agenerate(
         self,
@@ -336,11 +368,13 @@ class ChatLocalModel(BaseChatModel):
     ) -> ChatResult:
         # Await the batcher's future instead of parking an executor thread on it,
         # so an abatch of hundreds of prompts does not exhaust the default pool.
-        cancel = threading.Event()
+        cancel = self._with_deadline(None) or threading.Event()
         future = self._get_batcher().submit(*self._request(messages, stop, kwargs), cancel=cancel)
         try:
             result = await asyncio.wrap_future(future)
         except asyncio.CancelledError:
+            if future.cancelled():  # dropped before it ran: by its deadline, if it passed
+                self._raise_if_timed_out(cancel)
             cancel.set()  # the task was cancelled: stop this prompt's row, not only the wait
             raise
         return ChatResult(generations=[ChatGeneration(message=self._message(result))])
@@ -352,7 +386,8 @@ class ChatLocalModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Generator[ChatGenerationChunk, None, None]:
-        yield from self._stream_until(messages, stop, kwargs, threading.Event())
+        cancel = self._with_deadline(None) or threading.Event()
+        yield from self._stream_until(messages, stop, kwargs, cancel)
 
     def _stream_until(
         self,
@@ -428,7 +463,7 @@ class ChatLocalModel(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         loop = asyncio.get_running_loop()
-        cancel = threading.Event()
+        cancel = self._with_deadline(None) or threading.Event()
         iterator = self._stream_until(messages, stop, kwargs, cancel)
         done = object()
         step: asyncio.Future[Any] | None = None
@@ -591,9 +626,17 @@ class ChatLocalModel(BaseChatModel):
                 stopping_criteria=StoppingCriteriaList([criteria]),
                 streamer=streamer,
             )
+        rows = out[:, width:].tolist()
         return [
-            self._finish(row, len(ids), params, i in criteria.stopped)
-            for i, (row, ids) in enumerate(zip(out[:, width:].tolist(), encoded, strict=True))
+            self._finish(
+                row,
+                len(ids),
+                params,
+                i in criteria.stopped,
+                timed_out=i in criteria.stopped
+                and (expired(cancel) or expired(row_cancels[i] if row_cancels else None)),
+            )
+            for i, (row, ids) in enumerate(zip(rows, encoded, strict=True))
         ]
 
     def _generate_fast(
@@ -623,13 +666,26 @@ class ChatLocalModel(BaseChatModel):
             pad_token_id=self._pad_id,
             draft=self.draft,
         )
+        stopped = [out.finish_reason == "stop" for out in outs]
         return [
-            self._finish(out.token_ids, len(ids), params, out.finish_reason == "stop")
-            for out, ids in zip(outs, encoded, strict=True)
+            self._finish(
+                out.token_ids,
+                len(ids),
+                params,
+                stopped[i],
+                timed_out=stopped[i] and expired(events[i] if events else None),
+            )
+            for i, (out, ids) in enumerate(zip(outs, encoded, strict=True))
         ]
 
     def _finish(
-        self, row: list[int], n_in: int, params: GenerationParams, stopped: bool
+        self,
+        row: list[int],
+        n_in: int,
+        params: GenerationParams,
+        stopped: bool,
+        *,
+        timed_out: bool = False,
     ) -> GenerationResult:
         real: list[int] = []
         eos = False
@@ -643,7 +699,13 @@ class ChatLocalModel(BaseChatModel):
             text=text,
             input_tokens=n_in,
             output_tokens=len(real) + int(eos),
-            finish_reason="stop" if (eos or cut or stopped) else "length",
+            finish_reason="stop"
+            if (eos or cut)
+            else "timeout"
+            if timed_out
+            else "stop"
+            if stopped
+            else "length",
         )
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "BATCH_TICKET",
     "CANCEL_EVENT",
     "BatchTicket",
+    "Deadline",
     "GenerationParams",
     "GenerationResult",
     "MicroBatcher",
@@ -30,6 +31,7 @@ __all__ = [
     "TokenQueue",
     "all_cancelled",
     "cut_text",
+    "expired",
     "held_back",
 ]
 
@@ -74,7 +76,9 @@ class GenerationResult:
     text: str
     input_tokens: int
     output_tokens: int
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "timeout"]
+    """``stop`` (an end token, a stop string or a line limit), ``length`` (``max_tokens``)
+    or ``timeout`` (the call's :class:`Deadline` passed; the text is what was generated)."""
 
 
 def cut_text(text: str, params: GenerationParams, *, final: bool = False) -> tuple[str, bool]:
@@ -343,6 +347,41 @@ class StopCriteria:
 
 def _is_set(event: threading.Event | None) -> bool:
     return event is not None and event.is_set()
+
+
+class Deadline(threading.Event):
+    """A cancel event that also counts as set once ``seconds`` have passed.
+
+    Generation polls ``is_set()`` at every step (:class:`StopCriteria`, the fast
+    engine's stop check, :class:`MicroBatcher` before a call starts), so a
+    deadline stops a row without any timer thread. ``parent`` (e.g. a server's
+    cancel event) sets it too.
+
+    Example:
+        >>> Deadline(0).is_set(), Deadline(60).is_set()
+        (True, False)
+
+    """
+
+    def __init__(self, seconds: float, parent: threading.Event | None = None) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.parent = parent
+        self._at = time.monotonic() + seconds
+
+    @property
+    def expired(self) -> bool:
+        """Whether the time is up (as opposed to a caller having set the event)."""
+        return time.monotonic() >= self._at
+
+    def is_set(self) -> bool:
+        """Return True once set, once the time is up, or once ``parent`` is set."""
+        return super().is_set() or self.expired or _is_set(self.parent)
+
+
+def expired(event: threading.Event | None) -> bool:
+    """Whether ``event`` is a :class:`Deadline` whose time is up."""
+    return isinstance(event, Deadline) and event.expired
 
 
 def all_cancelled(events: Sequence[threading.Event | None]) -> bool:

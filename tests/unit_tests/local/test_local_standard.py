@@ -43,10 +43,9 @@ class _LocalParams:
 
     @property
     def standard_chat_model_params(self) -> dict[str, Any]:
-        # timeout, max_retries and api_key configure remote APIs; a model running
-        # in this process has none of them, and ChatLocalModel rejects unknown
-        # fields (extra="forbid") so that typos fail loudly. 16 tokens keep it fast.
-        return {"temperature": 0, "max_tokens": 16, "stop": []}
+        # The suites' own standard parameters (timeout, max_retries and, in the unit
+        # suite, api_key) as they are; only fewer tokens, to keep it fast.
+        return {**super().standard_chat_model_params, "max_tokens": 16}  # type: ignore[misc]
 
     @property
     def has_tool_calling(self) -> bool:
