@@ -46,6 +46,7 @@ from langchain_divconq.serving.limits import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_TOKENS_LIMIT,
     Limits,
+    can_count_tokens,
     context_length,
     count_prompt_tokens,
 )
@@ -149,6 +150,7 @@ def create_app(
         model, max_batch=max_batch, max_queue=max_queue, max_wait_s=max_wait_ms / 1000
     )
     context = context_length(model)
+    counts_tokens = can_count_tokens(model)
     limits = Limits(
         max_body_bytes=max_body_bytes,
         max_prompt_tokens=max_prompt_tokens if max_prompt_tokens is not None else context,
@@ -243,7 +245,7 @@ def create_app(
         limits.check_budget(body.max_tokens, "max_tokens")
         limits.check_budget(body.max_completion_tokens, "max_completion_tokens")
         messages, params = to_messages(body), generation_params(body)
-        if limits.max_prompt_tokens is not None or limits.context is not None:
+        if counts_tokens and (limits.max_prompt_tokens or limits.context):
             await _check_prompt_length(model, messages, params, limits)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         if body.stream:
@@ -442,6 +444,8 @@ async def _next_piece(
         raise _Interrupted(
             APIError(503, _SHUTDOWN_MESSAGE, type="server_error", code="shutting_down")
         )
+    # A stream is pulled: once its step is cancelled and it is closed, a model that
+    # streams from a worker thread runs at most the step in flight.
     step = asyncio.ensure_future(anext(stream))
     abort = asyncio.ensure_future(aborted.wait())
     timeout = None if info.deadline is None else max(info.deadline - time.monotonic(), 0.0)

@@ -308,23 +308,15 @@ class RequestBatcher:
 
     async def _run_group(self, params: RequestParams, group: list[_Item]) -> None:
         model = self.variant(params)
-        outputs = await self._call(model, group)
-        self.stats.batches += 1
-        self.stats.largest_batch = max(self.stats.largest_batch, len(group))
-        self.stats.batch_sizes[len(group)] = self.stats.batch_sizes.get(len(group), 0) + 1
-        # One exception object shared by several requests means the whole call failed
-        # (a batched engine fails every prompt of a call), so the culprit is unknown:
-        # run those requests again one at a time, so that only the culprit fails.
-        shared: dict[int, int] = {}
-        for output in outputs:
-            if isinstance(output, BaseException):
-                shared[id(output)] = shared.get(id(output), 0) + 1
-        for index, (item, output) in enumerate(zip(group, outputs, strict=True)):
-            if isinstance(output, BaseException) and shared[id(output)] > 1:
-                if item.future.done():
-                    continue
-                logger.warning("A batch call failed (%s); retrying its requests one by one", output)
-                outputs[index] = (await self._call(model, [item]))[0]
+        self._running = group  # what abort() fails, retries included
+        try:
+            outputs = await self._call(model, group)
+            self.stats.batches += 1
+            self.stats.largest_batch = max(self.stats.largest_batch, len(group))
+            self.stats.batch_sizes[len(group)] = self.stats.batch_sizes.get(len(group), 0) + 1
+            await self._retry_shared_failures(model, group, outputs)
+        finally:
+            self._running = []
         self.stats.requests += len(group)
         for item, output in zip(group, outputs, strict=True):
             if item.future.done():
@@ -333,6 +325,31 @@ class RequestBatcher:
                 item.future.set_exception(output)
             else:
                 item.future.set_result(output)
+
+    async def _retry_shared_failures(
+        self, model: BaseChatModel, group: list[_Item], outputs: list[Any]
+    ) -> None:
+        # One exception object shared by several requests means the whole call failed
+        # (a batched engine fails every prompt of a call), so the culprit is unknown:
+        # run those requests again one at a time, so that only the culprit fails.
+        shared: dict[int, int] = {}
+        for output in outputs:
+            if isinstance(output, BaseException):
+                shared[id(output)] = shared.get(id(output), 0) + 1
+        retry = [
+            index
+            for index, output in enumerate(outputs)
+            if isinstance(output, BaseException) and shared[id(output)] > 1
+        ]
+        if retry:
+            logger.warning(
+                "A batch call failed as a whole (%s); retrying its %d requests one by one",
+                outputs[retry[0]],
+                len(retry),
+            )
+        for index in retry:
+            if not group[index].future.done():  # skip callers that left (or an abort)
+                outputs[index] = (await self._call(model, [group[index]]))[0]
 
     async def _call(self, model: BaseChatModel, group: list[_Item]) -> list[Any]:
         """Run ``model.batch`` for ``group`` in a thread; stop it once every caller is gone."""
@@ -355,7 +372,6 @@ class RequestBatcher:
             finally:
                 CANCEL_EVENT.reset(token)
 
-        self._running = group
         try:
             async with self._lock:
                 return list(await asyncio.to_thread(run))
@@ -366,7 +382,6 @@ class RequestBatcher:
             logger.exception("A batch of %d requests failed", len(group))
             return [exc] * len(group)
         finally:
-            self._running = []
             for item in group:
                 item.future.remove_done_callback(gone)
 

@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_TOKENS_LIMIT",
     "Limits",
+    "can_count_tokens",
     "context_length",
     "count_prompt_tokens",
 ]
@@ -63,18 +64,22 @@ def context_length(model: BaseChatModel) -> int | None:
     return min(found) if found else None
 
 
-def count_prompt_tokens(model: BaseChatModel, messages: Sequence[BaseMessage]) -> int | None:
-    """Count the prompt's tokens with the model's own counter, or return None.
+def can_count_tokens(model: BaseChatModel) -> bool:
+    """Whether the model counts prompt tokens itself (overrides ``get_num_tokens_from_messages``).
 
-    Only a model that overrides ``get_num_tokens_from_messages`` is asked (as
-    :class:`~langchain_divconq.local.ChatLocalModel` does, with its chat template):
+    :class:`~langchain_divconq.local.ChatLocalModel` does, with its chat template;
     LangChain's default downloads a GPT-2 tokenizer and would only guess.
     """
     counter = type(model).get_num_tokens_from_messages
-    if counter in (
+    return counter not in (
         BaseChatModel.get_num_tokens_from_messages,
         BaseLanguageModel.get_num_tokens_from_messages,
-    ):
+    )
+
+
+def count_prompt_tokens(model: BaseChatModel, messages: Sequence[BaseMessage]) -> int | None:
+    """Count the prompt's tokens with the model's own counter; None if it has none."""
+    if not can_count_tokens(model):
         return None
     return int(model.get_num_tokens_from_messages(list(messages)))
 

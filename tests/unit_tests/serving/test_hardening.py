@@ -24,8 +24,8 @@ import httpx
 import pytest
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 
 from langchain_divconq.local.decoding import CANCEL_EVENT
 from langchain_divconq.serving.app import create_app
@@ -238,6 +238,29 @@ def test_api_key_comes_from_the_flag_or_the_environment(
     assert resolve_api_key("from-flag") == "from-flag"  # the flag wins
 
 
+def test_serve_has_the_hardening_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    from langchain_divconq.cli import main
+    from langchain_divconq.cli.serve import allowed_hosts_for
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    for flag in (
+        "--api-key",
+        "--allowed-hosts",
+        "--allowed-origins",
+        "--max-body-bytes",
+        "--max-prompt-tokens",
+        "--max-tokens-limit",
+        "--request-timeout",
+        "DIVCONQ_API_KEY",
+    ):
+        assert flag in out
+    assert allowed_hosts_for("127.0.0.1", []) == ["127.0.0.1"]
+    assert allowed_hosts_for("0.0.0.0", []) is None  # its names are unknown: no Host check
+    assert allowed_hosts_for("0.0.0.0", ["box.lan"]) == ["0.0.0.0", "box.lan"]
+
+
 @pytest.mark.parametrize(
     "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", ""]
 )
@@ -355,7 +378,11 @@ def test_a_stream_past_its_timeout_ends_with_a_json_error(tiny_chat_model: Any) 
 
 # ------------------------------------------------------------------- SIGTERM
 class SlowModel(BaseChatModel):
-    """Answers after ``seconds``, or at once when the server cancels the request."""
+    """Answers after ``seconds`` (streams: a word every 50 ms), or stops when cancelled.
+
+    It polls :data:`~langchain_divconq.local.decoding.CANCEL_EVENT`, as any served
+    model that generates in a worker thread can.
+    """
 
     seconds: float = 60.0
     """How long an uncancelled answer takes."""
@@ -376,6 +403,19 @@ class SlowModel(BaseChatModel):
         while time.monotonic() < deadline and not (cancel is not None and cancel.is_set()):
             time.sleep(0.02)
         return ChatResult(generations=[ChatGeneration(message=AIMessage("done"))])
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        cancel = CANCEL_EVENT.get()
+        deadline = time.monotonic() + self.seconds
+        while time.monotonic() < deadline and not (cancel is not None and cancel.is_set()):
+            time.sleep(0.05)
+            yield ChatGenerationChunk(message=AIMessageChunk(content="word "))
 
 
 _SERVE_SLOW = """
@@ -413,9 +453,16 @@ def test_sigterm_answers_running_requests_with_json_and_exits_by_the_grace_perio
 
         signalled: list[float] = []
 
-        async def run() -> tuple[httpx.Response, float]:
+        async def read_stream(http: httpx.AsyncClient, payload: dict[str, Any]) -> list[str]:
+            url = f"{base}/v1/chat/completions"
+            async with http.stream("POST", url, json={**payload, "stream": True}) as stream:
+                return [line async for line in stream.aiter_lines() if line.startswith("data")]
+
+        async def run() -> tuple[httpx.Response, list[str], float]:
             async with httpx.AsyncClient(timeout=60) as http:
                 payload = {"model": "slow", "messages": ask()}
+                streamed = asyncio.ensure_future(read_stream(http, payload))
+                await asyncio.sleep(0.3)  # the stream holds the model; the next one queues
                 running = asyncio.ensure_future(
                     http.post(f"{base}/v1/chat/completions", json=payload)
                 )
@@ -423,12 +470,14 @@ def test_sigterm_answers_running_requests_with_json_and_exits_by_the_grace_perio
                 started = time.monotonic()
                 signalled.append(started)
                 process.send_signal(signal.SIGTERM)
-                response = await running
-                return response, time.monotonic() - started
+                response, events = await running, await streamed
+                return response, events, time.monotonic() - started
 
-        response, answered = asyncio.run(run())
+        response, events, answered = asyncio.run(run())
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "shutting_down"
+        assert events[-1] == "data: [DONE]"
+        assert json.loads(events[-2].removeprefix("data: "))["error"]["code"] == "shutting_down"
         assert answered < 3.5
         code = process.wait(timeout=30)
         exited = time.monotonic() - signalled[0]
