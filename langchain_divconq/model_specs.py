@@ -111,6 +111,7 @@ def build_decomposer(
     adapter: str | None = "default",
     *,
     base_url: str | None = None,
+    share_with: BaseChatModel | None = None,
 ) -> BaseChatModel:
     """Build the decomposer from a spec.
 
@@ -120,14 +121,17 @@ def build_decomposer(
         adapter: ``default`` (the shipped distilled adapter), None/``none`` (base model only),
             or a path to a LoRA adapter folder.
         base_url: An OpenAI-compatible endpoint serving the decomposer (e.g. ``divconq serve``).
+        share_with: An already built local model (the solver): when it runs the same base
+            model, the decomposer shares its unchanged tensors instead of loading them again.
 
     """
     if base_url or (spec or "").startswith("openai:"):
         model = (spec or "default").removeprefix("openai:")
         return _chat_openai(model, base_url, max_tokens=256, temperature=0.0)
-    from langchain_divconq.local import load_decomposer
+    from langchain_divconq.local import ChatLocalModel, load_decomposer
 
     base = None if spec in (None, "", "default") else spec
     if isinstance(adapter, str) and adapter.lower() == "none":
         adapter = None
-    return load_decomposer(base, adapter=adapter)
+    share = share_with if isinstance(share_with, ChatLocalModel) else None
+    return load_decomposer(base, adapter=adapter, share_with=share)

@@ -71,5 +71,7 @@ def build_chain(
     solver = build_solver(args.solver, base_url=args.solver_base_url, **solver_options)
     if single_stage:
         return create_single_stage_chain(solver, cot=single_stage == "cot")
-    decomposer = build_decomposer(args.decomposer, args.adapter, base_url=args.decomposer_base_url)
+    decomposer = build_decomposer(
+        args.decomposer, args.adapter, base_url=args.decomposer_base_url, share_with=solver
+    )
     return create_divconq_chain(decomposer, solver, max_sub_questions=args.max_sub_questions)

@@ -8,10 +8,13 @@ imports happen only when a command runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from importlib import import_module
 
 from langchain_divconq.cli.args import add_model_arguments, build_chain
@@ -62,13 +65,59 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_NOISY_LIBRARIES = r"(transformers|peft|torch|accelerate|huggingface_hub|safetensors)(\.|$)"
+_QUIET_ENV = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+}
+
+
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Silence third-party noise while a command runs; everything is restored afterwards.
+
+    Progress bars and info/warning logs of transformers and the hub, and the
+    FutureWarning/DeprecationWarning/UserWarning texts that transformers, peft and
+    torch print while loading, would bury a one-line answer. The library itself
+    never does this (an application decides what it logs); ``divconq -v`` keeps it all.
+    """
+    saved_env = {name: os.environ.get(name) for name in _QUIET_ENV}
+    for name, value in _QUIET_ENV.items():  # read when transformers is first imported
+        os.environ.setdefault(name, value)
+    loggers = [logging.getLogger(n) for n in ("transformers", "peft", "huggingface_hub")]
+    levels = [lg.level for lg in loggers]
+    bars = sys.modules.get("transformers.utils.logging")  # already imported: switch it off
+    bars_were_on = bool(bars and bars.is_progress_bar_enabled())
+    try:
+        with warnings.catch_warnings():
+            for category in (FutureWarning, DeprecationWarning, UserWarning):
+                warnings.filterwarnings("ignore", category=category, module=_NOISY_LIBRARIES)
+            for lg in loggers:
+                lg.setLevel(logging.ERROR)
+            if bars_were_on:
+                bars.disable_progress_bar()  # type: ignore[union-attr]
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+        if bars_were_on:
+            bars.enable_progress_bar()  # type: ignore[union-attr]
+        for name, saved in saved_env.items():
+            if saved is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = saved
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``divconq`` command line; returns the exit status."""
     parser = _build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     try:
-        return int(args.handler(args) or 0)
+        with contextlib.nullcontext() if args.verbose else quiet_libraries():
+            return int(args.handler(args) or 0)
     except (ValueError, TypeError, ImportError, FileNotFoundError) as exc:
         print(f"divconq {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -122,6 +122,8 @@ def load_local_model(
     device: str | None = None,
     dtype: Any = None,
     merge_adapter: bool = True,
+    cache_merged: bool = True,
+    share_with: ChatLocalModel | None = None,
     **chat_kwargs: Any,
 ) -> ChatLocalModel:
     """Load a causal LM (and optionally a LoRA adapter) as a :class:`ChatLocalModel`.
@@ -133,6 +135,14 @@ def load_local_model(
         device: ``cpu``, ``cuda``...; default cuda when available, else cpu.
         dtype: A torch dtype or its name; default float32 on CPU, bfloat16 on CUDA.
         merge_adapter: Merge the adapter into the weights (faster inference).
+        cache_merged: With ``merge_adapter`` and a local base folder, merge once and
+            load the merged copy from the cache afterwards
+            (:mod:`~langchain_divconq.local.merged_cache`; no peft needed then).
+        share_with: A loaded :class:`ChatLocalModel` of the same base folder, dtype
+            and device (e.g. the solver): tensors this model would hold with the same
+            values (embeddings, norms, layers the adapter leaves alone) are shared with
+            it instead of loaded again. Training either model in place then changes
+            both; ignored when the bases differ.
         **chat_kwargs: Fields of :class:`ChatLocalModel` (``max_tokens``, ``stop``...).
 
     Example:
@@ -158,9 +168,22 @@ def load_local_model(
         if not isinstance(dtype, torch.dtype):
             msg = f"Unknown dtype {dtype!r}; use e.g. 'float32', 'bfloat16' or 'float16'."
             raise ValueError(msg)
+    name = Path(path).name if Path(path).exists() else path
+    merged_path = None
+    if adapter_dir is not None and merge_adapter and cache_merged and Path(path).is_dir():
+        from langchain_divconq.local.merged_cache import merged_model_path
+
+        try:
+            merged_path = merged_model_path(path, adapter_dir)
+        except OSError as exc:  # e.g. a read-only cache folder: merge in memory instead
+            logger.warning("Could not cache the merged model (%s); merging in memory.", exc)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model: Any = None
+        if share_with is not None and (adapter_dir is None or merged_path is not None):
+            model = _shared_model(share_with, path, merged_path, dtype, device)
+        if model is None:
+            model = AutoModelForCausalLM.from_pretrained(merged_path or path, dtype=dtype)
     except OSError as exc:
         msg = (
             f"Could not load base model {base!r} (resolved to {path!r}): {exc}. Pass None for "
@@ -168,8 +191,9 @@ def load_local_model(
             "internet)."
         )
         raise ValueError(msg) from exc
-    name = Path(path).name if Path(path).exists() else path
-    if adapter_dir is not None:
+    if merged_path is not None and adapter_dir is not None:
+        name = f"{name}+{adapter_dir.name}"
+    elif adapter_dir is not None:
         try:
             from peft import PeftModel
         except ImportError as exc:
@@ -184,6 +208,65 @@ def load_local_model(
     chat_kwargs.setdefault("model_name", name)
     chat_kwargs.setdefault("fast_decoding", True)
     return ChatLocalModel(model=model, tokenizer=tokenizer, **chat_kwargs)
+
+
+def _same_folder(a: Any, b: Any) -> bool:
+    try:
+        return Path(str(a)).resolve() == Path(str(b)).resolve()
+    except (OSError, ValueError):
+        return False
+
+
+def _shared_model(
+    other: ChatLocalModel, base_path: str, merged_path: Path | None, dtype: Any, device: str
+) -> Any:
+    """Build a model of ``merged_path`` (or ``base_path``) sharing ``other``'s unchanged tensors.
+
+    None when ``other`` runs a different base, dtype or device, or has another layout.
+    """
+    import copy
+
+    import torch
+    from safetensors.torch import load_file
+
+    source = other.model
+    first = next(iter(source.parameters()), None)
+    if (
+        first is None
+        or not _same_folder(getattr(source, "name_or_path", ""), base_path)
+        or first.dtype != dtype
+        or torch.device(device) != first.device
+        or hasattr(source, "peft_config")
+    ):
+        return None
+    if merged_path is None:
+        return source  # the very same weights: one model serves both
+    files = sorted(merged_path.glob("*.safetensors"))
+    state: dict[str, Any] = {}
+    for file in files:
+        state.update(load_file(str(file)))
+    params = dict(source.named_parameters(remove_duplicate=False))
+    if not files or any(name not in params for name in state):
+        return None
+    shared: dict[int, Any] = {id(p): p for p in source.parameters()}
+    shared.update({id(b): b for b in source.buffers()})
+    changed = {}
+    for name, tensor in state.items():
+        if not torch.equal(params[name].detach(), tensor.to(dtype)):
+            changed[name] = tensor.to(dtype=dtype, device=first.device)
+            shared.pop(id(params[name]), None)
+    model = copy.deepcopy(source, memo=shared)
+    for name, tensor in changed.items():
+        owner, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(owner), leaf, torch.nn.Parameter(tensor, requires_grad=False))
+    model.name_or_path = str(merged_path)
+    logger.info(
+        "Sharing %d of %d tensors with the already loaded %s",
+        len(state) - len(changed),
+        len(state),
+        other.model_name,
+    )
+    return model
 
 
 def load_decomposer(

@@ -1,0 +1,175 @@
+"""A cache of merged models: base + LoRA adapter, merged once and saved as plain safetensors.
+
+Merging a LoRA adapter with peft (``PeftModel.from_pretrained(...).merge_and_unload()``)
+costs seconds on a CPU (7 s for the shipped decomposer on a 2-core EPYC) plus the
+import of peft itself, on every start. The merged weights are a pure function of
+the base weights and the adapter files, so they are merged once, saved like the
+embedded base model (a ``save_pretrained`` folder), and later loaded with
+``from_pretrained`` alone.
+
+The folder name carries a key: a SHA-256 over the adapter's files (their bytes) and
+the base folder (its ``config.json`` bytes and the name, size and modification time
+of each weight file). Any change to the adapter or the base gives a new key, so a
+stale merged copy is never loaded; the copy for the old key is deleted when the
+new one is written. Each folder also holds ``divconq_merged.json`` with the full key,
+checked before use. Only a base that is a local folder can be keyed this way; for
+a hub id the loader merges in memory as before.
+
+torch, transformers and peft are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from langchain_divconq.local.embedded import cache_dir
+
+__all__ = ["MERGED_INFO_FILE", "merged_cache_key", "merged_folder", "merged_model_path"]
+
+logger = logging.getLogger(__name__)
+
+MERGED_INFO_FILE = "divconq_merged.json"
+"""The file in each merged folder that records its key, base and adapter."""
+
+_KEY_VERSION = "divconq-merged-v1"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def merged_cache_key(base: str | Path, adapter: str | Path) -> str:
+    """Return the hex SHA-256 that names the merged copy of ``base`` + ``adapter``.
+
+    The adapter's files are hashed byte for byte (a few MB); the base folder by its
+    ``config.json`` and the name, size and mtime of its weight files (hashing 540 MB
+    of base weights on every start would cost more than the cache saves).
+
+    Example:
+        >>> merged_cache_key("base-folder", "adapter-folder")  # doctest: +SKIP
+        '3f1c...'
+
+    """
+    digest = hashlib.sha256(_KEY_VERSION.encode())
+    adapter_dir = Path(adapter)
+    for path in sorted(p for p in adapter_dir.rglob("*") if p.is_file()):
+        digest.update(b"\0adapter\0" + str(path.relative_to(adapter_dir)).encode() + b"\0")
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    base_dir = Path(base)
+    config = base_dir / "config.json"
+    digest.update(b"\0base-config\0" + (config.read_bytes() if config.is_file() else b""))
+    for path in sorted(base_dir.iterdir()):
+        if path.is_file() and path.name.endswith(_WEIGHT_SUFFIXES):
+            stat = path.stat()
+            digest.update(
+                f"\0base-weights\0{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()
+            )
+    return digest.hexdigest()
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:80] or "model"
+
+
+def merged_folder(base: str | Path, adapter: str | Path, key: str | None = None) -> Path:
+    """Return the cache folder for ``base`` + ``adapter`` (it may not exist yet).
+
+    Example:
+        >>> merged_folder("b", "a", key="0" * 64).name  # doctest: +ELLIPSIS
+        'b+a-...-0000000000000000'
+
+    """
+    key = key or merged_cache_key(base, adapter)
+    return cache_dir() / "merged" / f"{_prefix(base, adapter)}{key[:16]}"
+
+
+def _prefix(base: str | Path, adapter: str | Path) -> str:
+    # The folders' own paths are in the prefix too, so that stale-copy removal only
+    # touches older versions of this very base and adapter, never another project's.
+    where = hashlib.sha256(f"{Path(base).resolve()}\0{Path(adapter).resolve()}".encode())
+    return f"{_safe(Path(base).name)}+{_safe(Path(adapter).name)}-{where.hexdigest()[:8]}-"
+
+
+def _valid(folder: Path, key: str) -> bool:
+    info = folder / MERGED_INFO_FILE
+    if not (info.is_file() and (folder / "model.safetensors").is_file()):
+        return False
+    try:
+        return bool(json.loads(info.read_text()).get("key") == key)
+    except (OSError, ValueError):
+        return False
+
+
+def merged_model_path(base: str | Path, adapter: str | Path) -> Path:
+    """Return a folder with ``base`` + ``adapter`` merged, merging and saving it once.
+
+    The folder loads with ``AutoModelForCausalLM.from_pretrained`` (fp32 weights,
+    the base's tokenizer and generation config alongside) and holds exactly the
+    weights that ``merge_and_unload`` gives in memory. It is written into a
+    temporary folder and renamed into place, so an interrupted merge leaves
+    nothing half-written; merged copies of older versions of the same base and
+    adapter are removed afterwards.
+
+    Args:
+        base: A local base-model folder (``save_pretrained`` layout).
+        adapter: A peft adapter folder.
+
+    Raises:
+        ValueError: If ``base`` is not a local folder.
+
+    Example:
+        >>> folder = merged_model_path(embedded_model_path(), DEFAULT_ADAPTER_DIR)  # doctest: +SKIP
+
+    """
+    base_dir, adapter_dir = Path(base), Path(adapter)
+    if not (base_dir / "config.json").is_file():
+        msg = f"The merged-model cache needs a local base folder with config.json; got {base!r}."
+        raise ValueError(msg)
+    key = merged_cache_key(base_dir, adapter_dir)
+    target = merged_folder(base_dir, adapter_dir, key)
+    if _valid(target, key):
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        from peft import PeftModel
+    except ImportError as exc:
+        msg = "Loading a LoRA adapter needs peft: pip install 'langchain-divconq[local]'."
+        raise ImportError(msg) from exc
+    logger.info("Merging adapter %s into %s once; caching it in %s", adapter_dir, base_dir, target)
+    model: Any = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".merge-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        info = {"key": key, "base": str(base_dir.resolve()), "adapter": str(adapter_dir.resolve())}
+        (tmp / MERGED_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        if target.exists():  # a stale or broken copy under the same short name
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first
+            if not _valid(target, key):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _remove_stale(target, _prefix(base_dir, adapter_dir))
+    return target
+
+
+def _remove_stale(current: Path, prefix: str) -> None:
+    """Delete merged copies of older versions of the same base and adapter."""
+    for other in current.parent.glob(f"{prefix}*"):
+        if other != current and other.is_dir() and len(other.name) == len(current.name):
+            logger.info("Removing the stale merged copy %s", other)
+            shutil.rmtree(other, ignore_errors=True)
