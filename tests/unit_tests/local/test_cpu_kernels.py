@@ -63,7 +63,7 @@ def test_other_dtypes_keep_the_stock_kernel() -> None:
 
 
 def test_layers_onednn_cannot_reorder_use_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
-    from langchain_divconq import cpu_kernels
+    from langchain_divconq.local.engine import cpu_kernels
 
     monkeypatch.setattr(cpu_kernels, "_packed_weight", lambda module: None)
     model = _model()

@@ -105,7 +105,7 @@ def test_batch_one_matches_generate(
 
 
 def test_int8_draft_is_the_default_on_cpu(tokenizer: Any, tiny: Any) -> None:
-    from langchain_divconq import draft_model
+    from langchain_divconq.local.engine import draft_model
 
     prompt = _prompt_ids(tokenizer, _questions(1)[0])
     [auto] = generate_greedy(tiny, [prompt], max_new_tokens=24, adaptive_draft=False)
