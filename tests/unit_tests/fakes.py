@@ -12,6 +12,7 @@ The factories name the three scripts the suites use:
   recorded node call belongs to its own question.
 - :func:`served_model`: answers decomposer prompts with :data:`DECOMPOSITION` and
   every other prompt with :data:`SOLUTION`, as the server tests expect.
+- :func:`slow_model`: answers only after a long wait, unless its call is cancelled.
 - :func:`running_server`: serve an app with uvicorn on a free 127.0.0.1 port.
 """
 
@@ -32,6 +33,7 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field
 
+from langchain_divconq.local.decoding import CANCEL_EVENT
 from langchain_divconq.prompts import message_text
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "question",
     "running_server",
     "served_model",
+    "slow_model",
 ]
 
 Script = Callable[[list[BaseMessage]], str]
@@ -110,6 +113,10 @@ class ScriptedChatModel(BaseChatModel):
     """Recorded only (the server sets it per request)."""
     batch_delay: float = 0.0
     """Seconds each ``batch`` call sleeps (to let a server queue requests)."""
+    delay: float = 0.0
+    """Seconds each call takes to answer (a stream spreads them over its words). The wait
+    ends early once the call's ``CANCEL_EVENT`` is set, as a served local model stops when
+    its client is gone; a cancelled stream ends there."""
     calls: int = 0
     """Calls made so far, failed ones included."""
     received: list[list[BaseMessage]] = Field(default_factory=list)
@@ -152,6 +159,14 @@ class ScriptedChatModel(BaseChatModel):
             return " ".join(words[: self.max_tokens]), "length"
         return " ".join(words), "stop"
 
+    def _wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; return False if the call was cancelled meanwhile."""
+        cancel = CANCEL_EVENT.get()
+        if cancel is None:
+            time.sleep(seconds)
+            return True
+        return not cancel.wait(seconds)
+
     def _usage(self, messages: list[BaseMessage], text: str) -> UsageMetadata | None:
         if self.usage == "none":
             return None
@@ -170,6 +185,8 @@ class ScriptedChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         text, finish = self._reply(messages)
+        if self.delay:
+            self._wait(self.delay)
         message = AIMessage(
             content=text,
             usage_metadata=self._usage(messages, text),
@@ -187,6 +204,8 @@ class ScriptedChatModel(BaseChatModel):
         text, finish = self._reply(messages)
         words = text.split(" ")
         for i, word in enumerate(words):
+            if self.delay and not self._wait(self.delay / len(words)):
+                return
             last = i == len(words) - 1
             chunk = AIMessageChunk(
                 content=word if last else word + " ",
@@ -289,6 +308,18 @@ def served_model(
         **options,
     }
     return ScriptedChatModel(**fields)
+
+
+def slow_model(seconds: float = 60.0) -> ScriptedChatModel:
+    """A streaming model whose answer takes ``seconds`` (a stream: a word every 50 ms).
+
+    It stops early when its call is cancelled (``CANCEL_EVENT``), as a served local
+    model does, so a test can tell a server that cancels from one that waits.
+    """
+    words = max(1, round(seconds / 0.05))
+    return ScriptedChatModel(
+        default=" ".join(["word"] * words), delay=seconds, disable_streaming=False
+    )
 
 
 @contextmanager

@@ -22,12 +22,8 @@ from typing import Any
 
 import httpx
 import pytest
-from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.messages import HumanMessage
 
-from langchain_divconq.local.decoding import CANCEL_EVENT
 from langchain_divconq.serving.app import create_app
 from langchain_divconq.serving.batcher import RequestBatcher, RequestParams
 from tests.unit_tests.fakes import DECOMPOSITION, ScriptedChatModel, running_server, served_model
@@ -377,54 +373,13 @@ def test_a_stream_past_its_timeout_ends_with_a_json_error(tiny_chat_model: Any) 
 
 
 # ------------------------------------------------------------------- SIGTERM
-class SlowModel(BaseChatModel):
-    """Answers after ``seconds`` (streams: a word every 50 ms), or stops when cancelled.
-
-    It polls :data:`~langchain_divconq.local.decoding.CANCEL_EVENT`, as any served
-    model that generates in a worker thread can.
-    """
-
-    seconds: float = 60.0
-    """How long an uncancelled answer takes."""
-
-    @property
-    def _llm_type(self) -> str:
-        return "slow"
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        cancel = CANCEL_EVENT.get()
-        deadline = time.monotonic() + self.seconds
-        while time.monotonic() < deadline and not (cancel is not None and cancel.is_set()):
-            time.sleep(0.02)
-        return ChatResult(generations=[ChatGeneration(message=AIMessage("done"))])
-
-    def _stream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> Iterator[ChatGenerationChunk]:
-        cancel = CANCEL_EVENT.get()
-        deadline = time.monotonic() + self.seconds
-        while time.monotonic() < deadline and not (cancel is not None and cancel.is_set()):
-            time.sleep(0.05)
-            yield ChatGenerationChunk(message=AIMessageChunk(content="word "))
-
-
 _SERVE_SLOW = """
 import sys
 from langchain_divconq.cli.serve import serve_app
 from langchain_divconq.serving.app import create_app
-from tests.unit_tests.serving.test_hardening import SlowModel
+from tests.unit_tests.fakes import slow_model
 
-app = create_app(SlowModel(), model_id="slow")
+app = create_app(slow_model(60.0), model_id="slow")
 serve_app(app, host="127.0.0.1", port=int(sys.argv[1]), graceful_timeout=float(sys.argv[2]))
 """
 
