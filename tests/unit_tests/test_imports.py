@@ -396,3 +396,17 @@ def test_class_names_are_unique_across_the_package() -> None:
             if isinstance(node, ast.ClassDef):
                 where.setdefault(node.name, []).append(name)
     assert {cls: mods for cls, mods in where.items() if len(mods) > 1} == {}
+
+
+def test_tests_have_one_fake_chat_model() -> None:
+    # One scripted fake (tests/unit_tests/fakes.py) with options; tests subclass it or
+    # langchain-core's fakes, never BaseChatModel itself.
+    tests = ROOT / "tests"
+    direct = []
+    for path in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                bases = {getattr(b, "id", getattr(b, "attr", "")) for b in node.bases}
+                if bases & {"BaseChatModel", "SimpleChatModel"}:
+                    direct.append(f"{path.relative_to(tests)}:{node.name}")
+    assert direct == ["unit_tests/fakes.py:ScriptedChatModel"]
