@@ -86,7 +86,7 @@ def test_lean_drafter_matches_the_module_draft(kind: str) -> None:
     torch.manual_seed(4)
     shape = {"vocab_size": 96, **TINY_SHAPE}
     if kind == "llama":
-        model: Any = transformers.LlamaForCausalLM(transformers.LlamaConfig(**shape))
+        model: Any = tiny_llama(seed=4)  # the same weights: seeded the same way
     else:  # biases on the query, key and value products
         model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**shape))
     model.eval()
