@@ -80,12 +80,13 @@ def register_cli(subparsers: Any) -> None:
 
     importer = subparsers.add_parser(
         "import",
-        help="import gold decompositions or chat JSONL into a trace store",
-        description="Read GSM8K Socratic, StrategyQA or OpenAI chat JSONL into --store as "
-        "traces; records already in the store are skipped.",
+        help="import gold decompositions, chat JSONL or LangSmith runs into a trace store",
+        description="Read GSM8K Socratic, StrategyQA or OpenAI chat JSONL, or LangChain/"
+        "LangSmith runs (Run objects as JSON or JSONL) into --store as traces; records "
+        "already in the store are skipped.",
     )
     importer.add_argument("format", choices=IMPORT_FORMATS, help="what the file holds")
-    importer.add_argument("path", help="the .jsonl file to read")
+    importer.add_argument("path", help="the .jsonl (or .json) file to read")
     importer.add_argument(
         "--store", default="traces.jsonl", help="traces.jsonl or sqlite:///traces.db"
     )

@@ -35,7 +35,7 @@ __all__ = ["IMPORT_FORMATS", "CollectSummary", "collect"]
 
 logger = logging.getLogger(__name__)
 
-IMPORT_FORMATS = ("gsm8k-socratic", "openai-chat", "strategyqa")
+IMPORT_FORMATS = ("gsm8k-socratic", "langsmith-runs", "openai-chat", "strategyqa")
 """What ``divconq import`` reads (the keys of :data:`~.tracing.importers.IMPORTERS`)."""
 
 
