@@ -14,7 +14,7 @@ def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:
         "--data-dir",
         default=None,
         help="data root (default: $DIVCONQ_DATA or ../shared/data); "
-        "'hub' downloads GSM8K from the HF hub once",
+        "'hub' downloads the task from the HF hub once (needs internet and datasets)",
     )
 
 
