@@ -105,9 +105,8 @@ class Limits:
         if max_tokens is None or self.max_tokens_limit is None:
             return
         if max_tokens > self.max_tokens_limit:
-            shown = (
-                f"{max_tokens}" if max_tokens < 10**12 else f"about 2**{max_tokens.bit_length()}"
-            )
+            # A huge number is shown short: the message must not grow with the input.
+            shown = f"{max_tokens}" if max_tokens < 10**12 else f"{max_tokens:.3e}"
             msg = (
                 f"'{param}' is {shown}, but this server generates at most "
                 f"{self.max_tokens_limit} tokens per request. Ask for fewer."

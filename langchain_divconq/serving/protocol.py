@@ -133,7 +133,7 @@ def parse_request(raw: bytes) -> ChatCompletionRequest:
     """
     try:
         data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # also a number of more than 4,300 digits, bad UTF-8
         msg = f"The request body is not valid JSON ({exc}). Send a JSON object."
         raise APIError(400, msg, code="invalid_json") from exc
     except RecursionError as exc:  # the decoder recurses once per nesting level

@@ -203,6 +203,10 @@ def test_deeply_nested_json_is_a_json_400(url: str) -> None:
     assert response.status_code == 400
     assert error_of(response)["code"] == "invalid_json"
     assert "deep" in error_of(response)["message"]
+    # Python refuses to convert an integer of more than 4,300 digits.
+    huge = post(url, b'{"model": "m", "max_tokens": ' + b"9" * 5000 + b"}")
+    assert huge.status_code == 400
+    assert error_of(huge)["code"] == "invalid_json"
 
 
 # ---------------------------------------------------------------- the lock
