@@ -341,6 +341,21 @@ def test_a_request_past_its_timeout_gets_504_and_stops(slow_tiny: Any) -> None:
         assert _then_a_tiny_request(base, http) < 3
 
 
+def test_cancelling_an_ainvoke_of_the_local_model_stops_its_generation(slow_tiny: Any) -> None:
+    async def run() -> float:
+        task = asyncio.ensure_future(slow_tiny.ainvoke("long", max_tokens=900))
+        await asyncio.sleep(1.0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        started = time.monotonic()
+        await slow_tiny.ainvoke("tiny", max_tokens=2)
+        return time.monotonic() - started
+
+    # Without stopping, the tiny call waited for the 900 abandoned tokens (about 12 s).
+    assert asyncio.run(run()) < 3
+
+
 def test_a_stream_whose_client_leaves_stops_its_generation(tiny_chat_model: Any) -> None:
     handle = tiny_chat_model.model.register_forward_pre_hook(lambda module, args: time.sleep(0.01))
     try:
