@@ -10,12 +10,21 @@ sides alike. Every output of ours is checked token for token against generate.
     python benchmarks/decode.py --check 50              # + exactness on 50 more prompts
 
 The last line printed is a JSON object (``tokens_per_s`` = ours at batch 1).
+
+With ``llama-cpp-python`` installed, the same run also times llama.cpp on a GGUF of
+the same model (the embedded Q4_1 file for ``--weights embedded``; for the
+decomposer, the merged model written once by ``local.gguf_export``): plain
+``llama_cpp.Llama.create_completion`` per prompt (``llamacpp_tokens_per_s``, what a
+llama.cpp user gets) and our llama.cpp engine (``LlamaCppEngine``: rows decoded
+together, shared prefix, prompt-lookup drafts), interleaved prompt by prompt with
+the torch runs, same threads. The JSON line also names the CPU's ISA.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -46,14 +55,14 @@ def load(
     path = model_dir or embedded_model_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
     if weights in ("embedded", "decomposer"):
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         if weights == "decomposer":
-            # What load_decomposer() runs: the shipped LoRA adapter merged into the base.
-            from peft import PeftModel
-
+            # What load_decomposer() runs: the shipped LoRA adapter merged into the base
+            # (merged once and cached, local.merged_cache).
             from langchain_divconq.local import DEFAULT_ADAPTER_DIR
+            from langchain_divconq.local.merged_cache import merged_model_path
 
-            model = PeftModel.from_pretrained(model, DEFAULT_ADAPTER_DIR).merge_and_unload()
+            path = merged_model_path(path, DEFAULT_ADAPTER_DIR)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     else:
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype)
@@ -145,6 +154,73 @@ def timed(device: str, fn: Any) -> tuple[Any, float]:
     return result, time.perf_counter() - start
 
 
+def cpu_isa() -> dict[str, Any]:
+    """The CPU's vector extensions as the kernels see them (flags, torch, llama.cpp)."""
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    wanted = ["avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni"]
+    wanted += ["amx_tile", "amx_bf16", "amx_int8"]
+    isa: dict[str, Any] = {
+        "cpu_flags": [f for f in wanted if f in flags],
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+    try:
+        import llama_cpp
+
+        info = llama_cpp.llama_print_system_info().decode()
+        isa["llamacpp_build"] = " ".join(
+            part.split("=")[0].strip() for part in info.split("|") if part.strip().endswith("= 1")
+        )
+    except ImportError:
+        pass
+    return isa
+
+
+class LlamaCppSide:
+    """llama.cpp on a GGUF of the benchmarked model: plain ``Llama`` and our engine."""
+
+    def __init__(self, weights: str, gguf_type: str, threads: int, gguf: Path | None) -> None:
+        import llama_cpp
+
+        from langchain_divconq.local.embedded import embedded_gguf_path
+        from langchain_divconq.local.gguf_export import merged_decomposer_gguf
+        from langchain_divconq.local.llamacpp_backend import LlamaCppEngine
+
+        if gguf is None:
+            if weights == "embedded" and gguf_type == "q4_1":
+                gguf = embedded_gguf_path()  # the file the embedded model comes from
+            else:
+                from langchain_divconq.local import DEFAULT_ADAPTER_DIR
+
+                adapter = None if weights == "embedded" else DEFAULT_ADAPTER_DIR
+                gguf = merged_decomposer_gguf(adapter, outtype=gguf_type)  # type: ignore[arg-type]
+        self.path = gguf
+        self.plain = llama_cpp.Llama(
+            str(gguf), n_ctx=4096, n_threads=threads, n_threads_batch=threads, verbose=False
+        )
+        self.engine = LlamaCppEngine(gguf, n_threads=threads)
+        self.threads = threads
+
+    def plain_one(self, prompt: list[int], max_new: int, eos: int) -> list[int]:
+        """One greedy completion through llama-cpp-python's own API (new token ids)."""
+        out: list[int] = []
+        for token in self.plain.generate(prompt, temp=0.0, top_k=1, reset=True):
+            out.append(int(token))
+            if token == eos or len(out) >= max_new:
+                break
+        return out
+
+    def ours(self, batch: list[list[int]], max_new: int, eos: int) -> list[list[int]]:
+        outs = self.engine.generate(batch, max_new_tokens=max_new, eos_token_ids=[eos])
+        return [o.token_ids for o in outs]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -183,6 +259,20 @@ def main() -> None:
         default=0,
         help="also compare ours with generate on this many further prompts (untimed)",
     )
+    parser.add_argument(
+        "--llamacpp",
+        default="auto",
+        choices=["auto", "off"],
+        help="also time llama.cpp on a GGUF of the same model (auto: when installed)",
+    )
+    parser.add_argument(
+        "--gguf-type",
+        default="q8_0",
+        choices=["f32", "f16", "q8_0", "q4_1"],
+        help="tensor type of the GGUF written for llama.cpp (q4_1 + --weights embedded: "
+        "the embedded file itself)",
+    )
+    parser.add_argument("--gguf", type=Path, default=None, help="a GGUF file to use instead")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument(
         "--model-dir",
@@ -225,6 +315,19 @@ def main() -> None:
         args.device, lambda: generate_greedy(model, warm, max_new_tokens=4, eos_token_ids=[eos])
     )
     store = prompt_cache_for(model)
+    llama: LlamaCppSide | None = None
+    llama_note = "off"
+    if args.llamacpp == "auto" and not cuda:
+        try:
+            llama = LlamaCppSide(args.weights, args.gguf_type, torch.get_num_threads(), args.gguf)
+            llama_note = str(llama.path.name)
+            llama.plain_one(warm[0], 4, eos)  # warm-up, as for the torch side
+            llama.ours(warm, 4, eos)
+        except ImportError:
+            llama_note = "llama-cpp-python not installed: pip install 'langchain-divconq[llamacpp]'"
+            print(f"llama.cpp not timed: {llama_note}")
+    lc_t = lce_t = 0.0
+    lc_n = lce_n = lc_same = lce_same = lce_plain_same = 0
 
     # ---- batch 1, interleaved: plain generate, ours, (static-cache generate)
     lookup_n = args.draft if args.draft_kind == "lookup" and args.draft else 4
@@ -251,6 +354,13 @@ def main() -> None:
         passes += got[0].forward_passes
         latencies.append(dt)
         mismatches += got[0].token_ids != ref[0]
+        if llama is not None:
+            plain_out, dt = timed(args.device, lambda p=p: llama.plain_one(p, max_new, eos))
+            lc_t, lc_n, lc_same = lc_t + dt, lc_n + len(plain_out), lc_same + (plain_out == ref[0])
+            mine, dt = timed(args.device, lambda p=p: llama.ours([p], max_new, eos)[0])
+            lce_t, lce_n = lce_t + dt, lce_n + len(mine)
+            lce_same += mine == ref[0]
+            lce_plain_same += mine == plain_out
         if not args.no_static and (i == 0 or not args.quick):
             out, dt = timed(
                 args.device,
@@ -333,6 +443,17 @@ def main() -> None:
     )
     padded_same = sum(g.token_ids == r for g, r in zip(got_p, ref_b, strict=True))
 
+    # ---- llama.cpp batched: plain Llama one prompt after another (it has no batch
+    # call), ours as one batch of sequences
+    lc_bt = lce_bt = 0.0
+    lc_bn = lce_bn = lce_b_same = 0
+    if llama is not None:
+        outs, lc_bt = timed(args.device, lambda: [llama.plain_one(p, max_new, eos) for p in batch])
+        lc_bn = sum(len(o) for o in outs)
+        mine_b, lce_bt = timed(args.device, lambda: llama.ours(batch, max_new, eos))
+        lce_bn = sum(len(o) for o in mine_b)
+        lce_b_same = sum(m == r for m, r in zip(mine_b, ref_b, strict=True))
+
     # ---- exactness on further prompts (not timed)
     extra_same = 0
     for p in extra:
@@ -373,6 +494,27 @@ def main() -> None:
             gold_tokens_per_pass(tokenizer, args.data, 200, lookup_n), 2
         ),
     }
+    result.update(cpu_isa())
+    result["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    result["llamacpp"] = llama_note
+    if llama is not None:
+        lc_rate, lc_brate = lc_n / lc_t, lc_bn / lc_bt
+        result.update(
+            {
+                "llamacpp_tokens_per_s": round(lc_rate, 2),
+                "llamacpp_batch_tokens_per_s": round(lc_brate, 2),
+                "identical_llamacpp_vs_torch": f"{lc_same}/{n_prompts}",
+                "llamacpp_engine_tokens_per_s": round(lce_n / lce_t, 2),
+                "llamacpp_engine_batch_tokens_per_s": round(lce_bn / lce_bt, 2),
+                "identical_llamacpp_engine_vs_torch": f"{lce_same}/{n_prompts}",
+                "identical_llamacpp_engine_vs_llamacpp": f"{lce_plain_same}/{n_prompts}",
+                "identical_llamacpp_engine_batched_vs_torch": f"{lce_b_same}/{batch_n}",
+                "torch_vs_llamacpp": round((ours_n / ours_t) / lc_rate, 2),
+                "torch_vs_llamacpp_batched": round((batch_tokens / ours_bt) / lc_brate, 2),
+                "llamacpp_engine_vs_llamacpp": round((lce_n / lce_t) / lc_rate, 2),
+                "llamacpp_engine_vs_llamacpp_batched": round((lce_bn / lce_bt) / lc_brate, 2),
+            }
+        )
     if extra:
         result["identical_further_prompts"] = f"{extra_same}/{len(extra)}"
     if draft_build_s is not None:

@@ -301,26 +301,29 @@ def gguf_for_folder(folder: str | Path, outtype: GgufType = "q8_0") -> Path:
 
 
 def merged_decomposer_gguf(
+    adapter: str | Path | None,
     base: str | Path | None = None,
-    adapter: str | Path | None = "default",
     outtype: GgufType = "q8_0",
 ) -> Path:
-    """Return a cached GGUF of the decomposer (base + adapter merged), writing it once.
+    """Return a cached GGUF of a base model with ``adapter`` merged in, writing it once.
 
     It lies in the merged model's cache folder
     (:func:`~langchain_divconq.local.merged_cache.merged_model_path`), so it follows
     that folder's key: a changed adapter gets a new file (:func:`gguf_for_folder`).
 
+    Args:
+        adapter: A peft adapter folder (e.g. ``local.DEFAULT_ADAPTER_DIR``); None for
+            the base model alone.
+        base: As in :func:`~langchain_divconq.local.load_local_model` (None: embedded).
+        outtype: The GGUF tensor type.
+
     Example:
-        >>> path = merged_decomposer_gguf()  # doctest: +SKIP
+        >>> path = merged_decomposer_gguf(DEFAULT_ADAPTER_DIR)  # doctest: +SKIP
 
     """
     from langchain_divconq.local.embedded import resolve_base_model
-    from langchain_divconq.local.loaders import DEFAULT_ADAPTER_DIR
     from langchain_divconq.local.merged_cache import merged_model_path
 
     base_dir = Path(resolve_base_model(base))
-    if isinstance(adapter, str) and adapter == "default":
-        adapter = DEFAULT_ADAPTER_DIR
     folder = merged_model_path(base_dir, adapter) if adapter is not None else base_dir
     return gguf_for_folder(folder, outtype)

@@ -1,0 +1,332 @@
+"""An optional llama.cpp engine for :class:`~langchain_divconq.local.ChatLocalModel` (greedy).
+
+When ``llama-cpp-python`` is installed, the local model can run on llama.cpp
+instead of torch: the same weights written as GGUF
+(:func:`~langchain_divconq.local.gguf_export.merged_decomposer_gguf`, q8_0 by
+default), the same token ids in (our tokenizer and chat template), greedy
+decoding out. What this module adds over calling ``llama_cpp.Llama`` once per
+prompt:
+
+- **Batches decode together**: all rows of a batch are sequences of one llama.cpp
+  context, so each step is one ``llama_decode`` over every active row (the weights
+  are read once per step, not once per row).
+- **The shared prompt prefix is computed once** and copied to every row (the
+  decomposer's system prompt), and kept between calls.
+- **Prompt-lookup drafts at batch 1**: n-grams of the prompt propose a few tokens,
+  one ``llama_decode`` checks them all and the argmax decides what is kept (the
+  rejected keys and values are dropped from the cache). Greedy decoding keeps
+  only tokens the model itself chose, so the text is what one-token steps give,
+  up to kernel rounding between batch shapes.
+
+The output is the GGUF model's greedy output: with q8_0 weights it can differ from
+the fp32 torch model where two tokens are nearly tied; ``backend="torch"`` keeps
+the exact fp32 path.
+
+Import this module lazily: it imports ``llama_cpp`` (and numpy) at import time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp as lc
+import numpy as np
+
+__all__ = ["LlamaCppEngine", "LlamaCppOutput"]
+
+logger = logging.getLogger(__name__)
+
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+
+@dataclass
+class LlamaCppOutput:
+    """One row's result: new token ids (eos included when hit) and why it ended."""
+
+    token_ids: list[int]
+    finish_reason: str  # "eos", "stop" (stop_checker) or "length"
+    forward_passes: int = 0
+
+
+def _init_backend(verbose: bool) -> None:
+    global _backend_ready
+    with _backend_lock:
+        if not _backend_ready:
+            lc.llama_backend_init()
+            _backend_ready = True
+    # llama.cpp logs every load to stderr through llama-cpp-python's logger.
+    logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.ERROR)
+
+
+class LlamaCppEngine:
+    """Greedy, batched decoding of token ids on one llama.cpp context.
+
+    Args:
+        model_path: A GGUF file.
+        n_threads: CPU threads (default: torch's thread count if torch is loaded,
+            else the CPU count).
+        max_rows: Most sequences decoded at once (llama.cpp's ``n_seq_max``; one
+            more is kept for the shared prefix).
+        n_ctx: Context cells shared by all rows (prompt + output of every row).
+        n_batch: Most tokens per ``llama_decode`` call.
+        lookup_tokens: Most prompt-lookup draft tokens per step at batch 1 (0: off). On
+            a 2-core x86 CPU a 4-token llama.cpp pass cost about as much as the 1.8-2.1
+            tokens it accepted on average, so drafts are short by default.
+        kv_unified: One key/value buffer for all rows (needed to copy the shared
+            prefix between rows; llama.cpp refuses the copy otherwise).
+        verbose: Let llama.cpp log to stderr.
+
+    Example:
+        >>> engine = LlamaCppEngine("decomposer.q8_0.gguf")  # doctest: +SKIP
+        >>> engine.generate([[1, 2, 3]], max_new_tokens=8, eos_token_ids=[2])  # doctest: +SKIP
+
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        n_threads: int | None = None,
+        max_rows: int = 16,
+        n_ctx: int = 8192,
+        n_batch: int = 2048,
+        lookup_tokens: int = 3,
+        kv_unified: bool = True,
+        verbose: bool = False,
+    ) -> None:
+        path = Path(model_path)
+        if not path.is_file():
+            msg = f"GGUF file not found: {str(path)!r}."
+            raise FileNotFoundError(msg)
+        _init_backend(verbose)
+        self.path = path
+        self.max_rows = max_rows
+        self.lookup_tokens = lookup_tokens
+        self.n_batch = n_batch
+        threads = n_threads or _default_threads()
+        mparams = lc.llama_model_default_params()
+        self._model = lc.llama_model_load_from_file(str(path).encode(), mparams)
+        if not self._model:
+            msg = f"llama.cpp could not load {str(path)!r}."
+            raise ValueError(msg)
+        cparams = lc.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = n_batch
+        cparams.n_ubatch = min(n_batch, 512)
+        cparams.n_seq_max = max_rows + 1
+        cparams.n_threads = threads
+        cparams.n_threads_batch = threads
+        cparams.kv_unified = kv_unified
+        self._ctx = lc.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            lc.llama_model_free(self._model)
+            msg = f"llama.cpp could not create a context for {str(path)!r}."
+            raise ValueError(msg)
+        self.n_threads = threads
+        self.n_vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(self._model))
+        self._mem = lc.llama_get_memory(self._ctx)
+        self._batch = lc.llama_batch_init(n_batch, 0, 1)
+        self._prefix_seq = max_rows  # the sequence that keeps the shared prefix
+        self._prefix: list[int] = []
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Free the llama.cpp context and model (also done on garbage collection)."""
+        if getattr(self, "_ctx", None):
+            lc.llama_batch_free(self._batch)
+            lc.llama_free(self._ctx)
+            lc.llama_model_free(self._model)
+            self._ctx = None
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    # ------------------------------------------------------------------ low level
+    def _decode(self, items: Sequence[tuple[int, int, int, bool]]) -> None:
+        """Run ``(token, position, sequence, wants_logits)`` items, n_batch at a time."""
+        for start in range(0, len(items), self.n_batch):
+            chunk = items[start : start + self.n_batch]
+            batch = self._batch
+            for i, (token, pos, seq, logits) in enumerate(chunk):
+                batch.token[i] = token
+                batch.pos[i] = pos
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = seq
+                batch.logits[i] = logits
+            batch.n_tokens = len(chunk)
+            status = lc.llama_decode(self._ctx, batch)
+            if status != 0:
+                msg = (
+                    f"llama_decode failed with status {status} (context full? {len(items)} "
+                    "tokens); use fewer rows per batch or a larger n_ctx."
+                )
+                raise RuntimeError(msg)
+
+    def _argmax(self, index: int) -> int:
+        pointer = lc.llama_get_logits_ith(self._ctx, index)
+        logits = np.ctypeslib.as_array(
+            ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,)
+        )
+        return int(logits.argmax())
+
+    def _share_prefix(self, rows: Sequence[Sequence[int]]) -> int:
+        """Keep the rows' common prefix in the prefix sequence and copy it to each row.
+
+        The prefix sequence keeps what it held before as far as it matches (one
+        prompt alone leaves all but its last token there), so the next call starts
+        from the longest prefix both share, as llama-cpp-python does for one prompt.
+        """
+        common = list(rows[0][:-1])
+        for row in rows[1:]:
+            common = common[: _common_length(common, row[:-1])]
+        kept = _common_length(self._prefix, common)
+        lc.llama_memory_seq_rm(self._mem, self._prefix_seq, kept, -1)
+        self._decode([(t, kept + i, self._prefix_seq, False) for i, t in enumerate(common[kept:])])
+        self._prefix = common
+        for seq in range(len(rows)):
+            lc.llama_memory_seq_rm(self._mem, seq, -1, -1)
+            if common:
+                lc.llama_memory_seq_cp(self._mem, self._prefix_seq, seq, 0, len(common))
+        return len(common)
+
+    # ------------------------------------------------------------------ generation
+    def generate(
+        self,
+        rows: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int,
+        eos_token_ids: Sequence[int],
+        stop_checker: Callable[[Sequence[int]], bool] | None = None,
+    ) -> list[LlamaCppOutput]:
+        """Greedy-decode every row (prompt token ids); at most ``max_rows`` rows at once."""
+        if not rows:
+            return []
+        if any(not r for r in rows):
+            msg = "Every prompt needs at least one token."
+            raise ValueError(msg)
+        out: list[LlamaCppOutput] = []
+        with self._lock:
+            for start in range(0, len(rows), self.max_rows):
+                out.extend(
+                    self._generate_chunk(
+                        rows[start : start + self.max_rows],
+                        max_new_tokens,
+                        frozenset(eos_token_ids),
+                        stop_checker,
+                    )
+                )
+        return out
+
+    def _generate_chunk(
+        self,
+        rows: Sequence[Sequence[int]],
+        max_new: int,
+        eos: frozenset[int],
+        stop_checker: Callable[[Sequence[int]], bool] | None,
+    ) -> list[LlamaCppOutput]:
+        shared = self._share_prefix(rows)
+        # The prompts' tokens first, then every row's last token in one call, so
+        # that all rows' logits come from that one call.
+        items: list[tuple[int, int, int, bool]] = []
+        for seq, row in enumerate(rows):
+            items += [(t, i, seq, False) for i, t in enumerate(row[:-1]) if i >= shared]
+        self._decode(items)
+        self._decode([(row[-1], len(row) - 1, seq, True) for seq, row in enumerate(rows)])
+        outputs = [LlamaCppOutput([], "length", 1) for _ in rows]
+        positions = [len(r) for r in rows]
+        logit_index = {seq: seq for seq in range(len(rows))}
+        active = list(range(len(rows)))
+        while active:
+            following: list[int] = []
+            for seq in active:
+                token = self._argmax(logit_index[seq])
+                ids = outputs[seq].token_ids
+                ids.append(token)
+                if token in eos:
+                    outputs[seq].finish_reason = "eos"
+                elif stop_checker is not None and stop_checker(ids):
+                    outputs[seq].finish_reason = "stop"
+                elif len(ids) < max_new:
+                    following.append(seq)
+            active = following
+            if len(active) == 1 and self.lookup_tokens > 0:
+                self._finish_with_lookup(rows, active[0], outputs, positions, max_new, eos,
+                                         stop_checker)  # fmt: skip
+                break
+            if not active:
+                break
+            step = []
+            for i, seq in enumerate(active):
+                step.append((outputs[seq].token_ids[-1], positions[seq], seq, True))
+                positions[seq] += 1
+                logit_index[seq] = i
+                outputs[seq].forward_passes += 1
+            self._decode(step)
+        return outputs
+
+    def _finish_with_lookup(
+        self,
+        rows: Sequence[Sequence[int]],
+        seq: int,
+        outputs: list[LlamaCppOutput],
+        positions: list[int],
+        max_new: int,
+        eos: frozenset[int],
+        stop_checker: Callable[[Sequence[int]], bool] | None,
+    ) -> None:
+        """Decode one row to the end, checking prompt-lookup drafts in each step."""
+        from langchain_divconq.local.engine.speculation import _prompt_lookup
+
+        output = outputs[seq]
+        ids = output.token_ids
+        prompt = list(rows[seq])
+        while True:
+            room = max_new - len(ids)
+            draft = _prompt_lookup(prompt + ids, 3, min(self.lookup_tokens, room - 1))
+            feed = [ids[-1], *draft]
+            pos = positions[seq]
+            self._decode([(t, pos + i, seq, True) for i, t in enumerate(feed)])
+            output.forward_passes += 1
+            accepted = 0
+            finished = False
+            for i in range(len(feed)):
+                token = self._argmax(i)
+                ids.append(token)
+                accepted = i + 1
+                if token in eos:
+                    output.finish_reason, finished = "eos", True
+                elif stop_checker is not None and stop_checker(ids):
+                    output.finish_reason, finished = "stop", True
+                elif len(ids) >= max_new:
+                    finished = True
+                if finished or i == len(draft) or draft[i] != token:
+                    break
+            positions[seq] = pos + accepted
+            lc.llama_memory_seq_rm(self._mem, seq, positions[seq], -1)  # rejected drafts
+            if finished:
+                return
+
+
+def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _default_threads() -> int:
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return int(torch.get_num_threads())
+    return max(1, os.cpu_count() or 1)
