@@ -185,6 +185,19 @@ class ChatLocalModel(BaseChatModel):
     draft: Literal["auto", "int8", "lookup"] = "auto"
     """Where ``fast_decoding`` gets its drafts at batch 1: ``"int8"`` (an int8 copy of
     the model, CPU), ``"lookup"`` (n-grams of the prompt; no extra copy) or ``"auto"``."""
+    backend: Literal["auto", "torch", "llamacpp"] = "auto"
+    """Engine of greedy ``fast_decoding`` calls. ``"torch"``: our engine on the model's own
+    weights (fp32 on CPU: exactly ``generate``'s tokens). ``"llamacpp"``: llama.cpp on a
+    GGUF of the same weights (:mod:`~langchain_divconq.local.llamacpp_backend`; needs
+    ``llama-cpp-python``, the ``llamacpp`` extra; q8_0 by default, so a near tie can
+    flip a token). ``"auto"``: llama.cpp when it is installed, the model is a Llama-style
+    model on CPU loaded from a folder, and the CPU lacks AVX512-BF16/AMX (where the torch
+    engine measured faster); else torch. Sampling and streaming always run on torch.
+    ``response_metadata["backend"]`` names the engine that ran."""
+    gguf_path: str | None = None
+    """The GGUF file of the ``llamacpp`` backend; None: written once from the model's folder."""
+    gguf_type: Literal["f32", "f16", "q8_0", "q4_1"] = "q8_0"
+    """Tensor type of the GGUF written when ``gguf_path`` is None."""
     timeout: float | None = Field(default=None, gt=0)
     """Most seconds one call may take, waiting for its batch included (LangChain's standard
     parameter). When it passes, generation stops at the next step and the text so far
@@ -207,6 +220,8 @@ class ChatLocalModel(BaseChatModel):
     _eos_list: list[int] = PrivateAttr(default_factory=list)
     _eos_ids: frozenset[int] = PrivateAttr(default=frozenset())
     _pad_id: int = PrivateAttr(default=0)
+    _llamacpp: Any = PrivateAttr(default=None)
+    _llamacpp_checked: bool = PrivateAttr(default=False)
 
     @model_validator(mode="after")
     def _check_objects(self) -> Self:
@@ -311,6 +326,7 @@ class ChatLocalModel(BaseChatModel):
             response_metadata={
                 "model_name": self.model_name,
                 "finish_reason": result.finish_reason,
+                "backend": result.backend,
             },
         )
 
@@ -449,6 +465,7 @@ class ChatLocalModel(BaseChatModel):
                 response_metadata={
                     "model_name": self.model_name,
                     "finish_reason": result.finish_reason,
+                    "backend": result.backend,
                 },
                 chunk_position="last",
             ),
@@ -657,15 +674,25 @@ class ChatLocalModel(BaseChatModel):
                 return True
             return bool(cut) and cut_text(self._decode(ids), params)[1]
 
-        outs = generate_greedy(
-            self.model,
-            encoded,
-            max_new_tokens=params.max_tokens,
-            eos_token_ids=self._eos_list,
-            stop_checker=stop_hit if cut or any(e is not None for e in events) else None,
-            pad_token_id=self._pad_id,
-            draft=self.draft,
-        )
+        checker = stop_hit if cut or any(e is not None for e in events) else None
+        engine = self._llamacpp_engine()
+        if engine is not None:
+            outs: Sequence[Any] = engine.generate(
+                encoded,
+                max_new_tokens=params.max_tokens,
+                eos_token_ids=self._eos_list,
+                stop_checker=checker,
+            )
+        else:
+            outs = generate_greedy(
+                self.model,
+                encoded,
+                max_new_tokens=params.max_tokens,
+                eos_token_ids=self._eos_list,
+                stop_checker=checker,
+                pad_token_id=self._pad_id,
+                draft=self.draft,
+            )
         stopped = [out.finish_reason == "stop" for out in outs]
         return [
             self._finish(
@@ -674,9 +701,26 @@ class ChatLocalModel(BaseChatModel):
                 params,
                 stopped[i],
                 timed_out=stopped[i] and expired(events[i] if events else None),
+                backend="llamacpp" if engine is not None else "torch",
             )
             for i, (out, ids) in enumerate(zip(outs, encoded, strict=True))
         ]
+
+    def _llamacpp_engine(self) -> Any:
+        """Return the llama.cpp engine for greedy fast calls, or None for the torch engine.
+
+        Decided once per instance (see :attr:`backend`); building it writes the
+        model's GGUF once (seconds) and loads it into llama.cpp.
+        """
+        if self._llamacpp_checked:
+            return self._llamacpp
+        from langchain_divconq.local.backends import llamacpp_engine_for
+
+        self._llamacpp = llamacpp_engine_for(
+            self.model, self.backend, gguf_path=self.gguf_path, gguf_type=self.gguf_type
+        )
+        self._llamacpp_checked = True
+        return self._llamacpp
 
     def _finish(
         self,
@@ -686,6 +730,7 @@ class ChatLocalModel(BaseChatModel):
         stopped: bool,
         *,
         timed_out: bool = False,
+        backend: str = "torch",
     ) -> GenerationResult:
         real: list[int] = []
         eos = False
@@ -699,6 +744,7 @@ class ChatLocalModel(BaseChatModel):
             text=text,
             input_tokens=n_in,
             output_tokens=len(real) + int(eos),
+            backend=backend,
             finish_reason="stop"
             if (eos or cut)
             else "timeout"

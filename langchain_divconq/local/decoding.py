@@ -79,6 +79,8 @@ class GenerationResult:
     finish_reason: Literal["stop", "length", "timeout"]
     """``stop`` (an end token, a stop string or a line limit), ``length`` (``max_tokens``)
     or ``timeout`` (the call's :class:`Deadline` passed; the text is what was generated)."""
+    backend: str = "torch"
+    """The engine that generated it: ``torch`` or ``llamacpp``."""
 
 
 def cut_text(text: str, params: GenerationParams, *, final: bool = False) -> tuple[str, bool]:

@@ -168,8 +168,21 @@ def merged_model_path(base: str | Path, adapter: str | Path) -> Path:
 
 
 def _remove_stale(current: Path, prefix: str) -> None:
-    """Delete merged copies of older versions of the same base and adapter."""
-    for other in current.parent.glob(f"{prefix}*"):
-        if other != current and other.is_dir() and len(other.name) == len(current.name):
+    """Delete merged copies of older versions of this base and adapter, and orphans.
+
+    An orphan is a copy whose base or adapter folder no longer exists (a deleted
+    checkpoint, a test's temporary folder): nothing can ask for it again.
+    """
+    for other in current.parent.iterdir():
+        if other == current or not other.is_dir() or other.name.startswith("."):
+            continue
+        stale = other.name.startswith(prefix) and len(other.name) == len(current.name)
+        if not stale:
+            try:
+                info = json.loads((other / MERGED_INFO_FILE).read_text())
+                stale = not (Path(info["base"]).is_dir() and Path(info["adapter"]).is_dir())
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # not ours, or being written: leave it
+        if stale:
             logger.info("Removing the stale merged copy %s", other)
             shutil.rmtree(other, ignore_errors=True)

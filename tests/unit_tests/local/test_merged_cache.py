@@ -142,3 +142,18 @@ def test_shared_tensors_between_solver_and_decomposer(folders: tuple[Path, Path]
     # a same-base, no-adapter model is the very same weights
     twin = load_local_model(base, device="cpu", max_tokens=6, share_with=solver)
     assert twin.model is solver.model
+
+
+def test_copies_of_deleted_adapters_are_removed(
+    folders: tuple[Path, Path], tiny_model_and_tokenizer: tuple[Any, Any], tmp_path: Path
+) -> None:
+    import shutil
+
+    from langchain_divconq.local.merged_cache import merged_model_path
+
+    base, adapter = folders
+    gone = merged_model_path(base, adapter)
+    shutil.rmtree(adapter)  # e.g. a deleted checkpoint or a test's temporary folder
+    _write_adapter(tiny_model_and_tokenizer[0], tmp_path / "other", seed=3)
+    kept = merged_model_path(base, tmp_path / "other")
+    assert kept.is_dir() and not gone.exists()
