@@ -227,7 +227,6 @@ def _shared_model(
     import copy
 
     import torch
-    from safetensors.torch import load_file
 
     source = other.model
     first = next(iter(source.parameters()), None)
@@ -241,18 +240,29 @@ def _shared_model(
         return None
     if merged_path is None:
         return source  # the very same weights: one model serves both
+    from safetensors import safe_open
+
+    from langchain_divconq.local.merged_cache import MERGED_INFO_FILE
+
     files = sorted(merged_path.glob("*.safetensors"))
-    state: dict[str, Any] = {}
-    for file in files:
-        state.update(load_file(str(file)))
     params = dict(source.named_parameters(remove_duplicate=False))
-    if not files or any(name not in params for name in state):
-        return None
     shared: dict[int, Any] = {id(p): p for p in source.parameters()}
     shared.update({id(b): b for b in source.buffers()})
+    listed = json.loads((merged_path / MERGED_INFO_FILE).read_text()).get("changed")
+    state: dict[str, Any] = {}
     changed = {}
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            names = list(f.keys())
+            if any(name not in params for name in names):
+                return None
+            for name in names:
+                if listed is None or name in listed:  # only what the adapter changed
+                    state[name] = f.get_tensor(name)
+    if not files:
+        return None
     for name, tensor in state.items():
-        if not torch.equal(params[name].detach(), tensor.to(dtype)):
+        if listed is not None or not torch.equal(params[name].detach(), tensor.to(dtype)):
             changed[name] = tensor.to(dtype=dtype, device=first.device)
             shared.pop(id(params[name]), None)
     model = copy.deepcopy(source, memo=shared)
@@ -261,9 +271,9 @@ def _shared_model(
         setattr(model.get_submodule(owner), leaf, torch.nn.Parameter(tensor, requires_grad=False))
     model.name_or_path = str(merged_path)
     logger.info(
-        "Sharing %d of %d tensors with the already loaded %s",
-        len(state) - len(changed),
-        len(state),
+        "Sharing all but %d of %d tensors with the already loaded %s",
+        len(changed),
+        len(params),
         other.model_name,
     )
     return model

@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 MERGED_INFO_FILE = "divconq_merged.json"
 """The file in each merged folder that records its key, base and adapter."""
 
-_KEY_VERSION = "divconq-merged-v1"
+_KEY_VERSION = "divconq-merged-v2"  # v2: the info file lists the changed tensors
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
@@ -152,7 +152,13 @@ def merged_model_path(base: str | Path, adapter: str | Path) -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        info = {"key": key, "base": str(base_dir.resolve()), "adapter": str(adapter_dir.resolve())}
+        info = {
+            "key": key,
+            "base": str(base_dir.resolve()),
+            "adapter": str(adapter_dir.resolve()),
+            # What the adapter changed: a model sharing the base loads only these.
+            "changed": _changed_tensors(base_dir, tmp),
+        }
         (tmp / MERGED_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
         if target.exists():  # a stale or broken copy under the same short name
             shutil.rmtree(target, ignore_errors=True)
@@ -165,6 +171,26 @@ def merged_model_path(base: str | Path, adapter: str | Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
     _remove_stale(target, _prefix(base_dir, adapter_dir))
     return target
+
+
+def _changed_tensors(base_dir: Path, merged_dir: Path) -> list[str]:
+    """Names of the merged folder's tensors that the base lacks or holds other values for."""
+    import torch
+    from safetensors import safe_open
+
+    base: dict[str, Any] = {}
+    for file in sorted(base_dir.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            base.update({name: f.get_tensor(name) for name in f.keys()})  # noqa: SIM118
+    changed = []
+    for file in sorted(merged_dir.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 - safe_open objects are not mappings
+                old = base.get(name)
+                new = f.get_tensor(name)
+                if old is None or old.shape != new.shape or not torch.equal(old.to(new.dtype), new):
+                    changed.append(name)
+    return changed
 
 
 def _remove_stale(current: Path, prefix: str) -> None:
