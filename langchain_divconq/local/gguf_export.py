@@ -269,7 +269,8 @@ def gguf_for_folder(folder: str | Path, outtype: GgufType = "q8_0") -> Path:
     written inside the folder when that is writable, else under the cache folder.
     The tokenizer metadata comes from the embedded GGUF when the folder has the
     embedded model's tokenizer (llama.cpp is fed token ids, so only the vocabulary
-    has to load).
+    has to load). The embedded base's own folder maps to the embedded Q4_1 file
+    itself, whatever ``outtype`` says: the folder's weights are that file's values.
 
     Example:
         >>> gguf_for_folder(merged_model_path(base, adapter))  # doctest: +SKIP
@@ -281,6 +282,11 @@ def gguf_for_folder(folder: str | Path, outtype: GgufType = "q8_0") -> Path:
     from langchain_divconq.local.embedded import cache_dir, embedded_gguf_path, embedded_model_path
 
     folder = Path(folder)
+    try:  # the embedded base: its own GGUF holds exactly the weights it was converted from
+        if folder.resolve() == embedded_model_path().resolve():
+            return embedded_gguf_path()
+    except (ImportError, OSError):
+        pass
     digest = hashlib.sha256()
     for path in sorted(folder.glob("*.safetensors")):
         stat = path.stat()
