@@ -93,17 +93,25 @@ def llamacpp_engine_for(
             raise ValueError(msg)
         logger.info("ChatLocalModel runs on torch: %s.", reason)
         return None
-    from langchain_divconq.local.gguf_export import gguf_for_folder
-    from langchain_divconq.local.llamacpp_backend import LlamaCppEngine
+    try:
+        from langchain_divconq.local.gguf_export import gguf_for_folder
+        from langchain_divconq.local.llamacpp_backend import LlamaCppEngine
 
-    if gguf_path is None:
-        folder = _model_folder(model)
-        assert folder is not None  # checked by _not_applicable
-        path = gguf_for_folder(folder, gguf_type)  # type: ignore[arg-type]
-    else:
-        path = Path(gguf_path)
+        if gguf_path is None:
+            folder = _model_folder(model)
+            assert folder is not None  # checked by _not_applicable
+            path = gguf_for_folder(folder, gguf_type)  # type: ignore[arg-type]
+        else:
+            path = Path(gguf_path)
+        engine = LlamaCppEngine(path)
+    except (ImportError, OSError, RuntimeError, ValueError) as exc:
+        if forced:
+            raise
+        # e.g. a llama-cpp-python whose shared library does not load: stay on torch
+        logger.warning("llama.cpp backend unavailable (%s); ChatLocalModel runs on torch.", exc)
+        return None
     logger.info("ChatLocalModel runs greedy calls on llama.cpp (%s).", path.name)
-    return LlamaCppEngine(path)
+    return engine
 
 
 def _not_applicable(model: Any, gguf_path: str | None) -> str | None:

@@ -99,3 +99,24 @@ def test_llama_cpp_backend_matches_torch_in_f32(
     assert all(m.response_metadata["backend"] == "llamacpp" for m in batched)
     same = [m.content == torch_llm.invoke(p).content for m, p in zip(batched, prompts, strict=True)]
     assert sum(same) >= 2, same
+
+
+def test_auto_stays_on_torch_when_llama_cpp_fails_to_start(
+    tiny_model_and_tokenizer: tuple[Any, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from langchain_divconq.local import gguf_export
+
+    model, tok = tiny_model_and_tokenizer
+    model.save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    loaded = load_local_model(tmp_path / "tiny", max_tokens=4, backend="torch").model
+    monkeypatch.setattr(backends, "llamacpp_available", lambda: True)
+    monkeypatch.setattr(backends, "torch_engine_is_faster", lambda: False)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("libllama.so: cannot open shared object file")
+
+    monkeypatch.setattr(gguf_export, "gguf_for_folder", broken)
+    assert backends.llamacpp_engine_for(loaded, "auto") is None
+    with pytest.raises(OSError, match="libllama"):
+        backends.llamacpp_engine_for(loaded, "llamacpp")
