@@ -48,3 +48,20 @@ def test_packaged_adapters_resolve_by_name() -> None:
     default = resolve_adapter("default")
     assert default is not None and (default / "adapter_config.json").is_file()
     assert resolve_adapter("some/folder").as_posix() == "some/folder"  # type: ignore[union-attr]
+
+
+@pytest.mark.slow
+def test_general_decomposer_loads_by_name_and_never_repeats() -> None:
+    from langchain_divconq.local import load_decomposer
+    from langchain_divconq.local.engine.stopping import repeated_line_start
+    from langchain_divconq.prompts import decomposer_messages, message_text
+
+    decomposer = load_decomposer(adapter="general-decomposer", max_tokens=64)
+    assert decomposer.model_name.endswith("+general-decomposer") and decomposer.no_repeat_lines
+    questions = [
+        "Ann buys 3 packs of 12 pencils and gives away 10 pencils. How many pencils are left?",
+        "Could a llama ride in the space shuttle?",
+    ]
+    for reply in decomposer.batch([decomposer_messages(q) for q in questions]):
+        text = message_text(reply)
+        assert repeated_line_start(text + "\n") is None, text
