@@ -27,6 +27,7 @@ __all__ = [
     "decomposer_messages",
     "extract_answer",
     "format_sub_questions",
+    "line_key",
     "message_text",
     "parse_sub_questions",
     "single_stage_messages",
@@ -298,3 +299,20 @@ def message_text(output: object) -> str:
         "Use a chat model or an LLM, or end a custom runnable with StrOutputParser()."
     )
     raise TypeError(msg)
+
+
+_LINE_PREFIX = re.compile(r"^(?:[-*+\u2022>]+|\(?\d+[.):\]]|q\d+\s*[.):\-])\s*", re.IGNORECASE)
+
+
+def line_key(line: str) -> str:
+    """Return a line without numbering or bullets, lowercased, without spacing or end marks.
+
+    Two lines with the same key ask the same thing: the one rule for "repeated
+    sub-question" in decoding (the no-repeat stop) and in evaluation (repeat rate).
+    """
+    line = line.replace("**", "").strip()
+    previous = None
+    while previous != line:
+        previous = line
+        line = _LINE_PREFIX.sub("", line, count=1).strip()
+    return " ".join(line.lower().split()).rstrip(" ?.!:;")

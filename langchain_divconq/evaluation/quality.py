@@ -38,6 +38,7 @@ from pydantic import BaseModel, Field
 from langchain_divconq.prompts import (
     NO_DECOMPOSITION,
     decomposer_messages,
+    line_key,
     message_text,
     parse_sub_questions,
 )
@@ -90,17 +91,7 @@ def token_f1(predicted: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-_LINE_PREFIX = re.compile(r"^(?:[-*+\u2022>]+|\(?\d+[.):\]]|q\d+\s*[.):\-])\s*", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"(?<=[.?!])\s+")
-
-
-def _line_key(line: str) -> str:
-    line = line.replace("**", "").strip()
-    previous = None
-    while previous != line:
-        previous = line
-        line = _LINE_PREFIX.sub("", line, count=1).strip()
-    return " ".join(line.lower().split()).rstrip(" ?.!:;")
 
 
 def has_repeated_line(text: str) -> bool:
@@ -113,7 +104,7 @@ def has_repeated_line(text: str) -> bool:
         False
 
     """
-    keys = [key for key in map(_line_key, text.splitlines()) if key]
+    keys = [key for key in map(line_key, text.splitlines()) if key]
     return len(keys) != len(set(keys))
 
 

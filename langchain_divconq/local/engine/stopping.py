@@ -7,11 +7,10 @@ every token; :func:`text_stop_checker` adapts a text checker such as
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from langchain_divconq.prompts import NO_DECOMPOSITION, parse_sub_questions
+from langchain_divconq.prompts import NO_DECOMPOSITION, line_key, parse_sub_questions
 
 __all__ = [
     "TokenStopChecker",
@@ -41,19 +40,6 @@ def stop_strings(stops: Sequence[str]) -> Callable[[str], bool]:
     return check
 
 
-_LINE_PREFIX = re.compile(r"^(?:[-*+\u2022>]+|\(?\d+[.):\]]|q\d+\s*[.):\-])\s*", re.IGNORECASE)
-
-
-def _line_key(line: str) -> str:
-    """Return a line without numbering or bullets, lowercased, without spacing or end marks."""
-    line = line.replace("**", "").strip()
-    previous = None
-    while previous != line:
-        previous = line
-        line = _LINE_PREFIX.sub("", line, count=1).strip()
-    return " ".join(line.lower().split()).rstrip(" ?.!:;")
-
-
 def repeated_line_start(text: str) -> int | None:
     r"""Return where the first complete line that repeats an earlier line starts, or None.
 
@@ -73,7 +59,7 @@ def repeated_line_start(text: str) -> int | None:
     seen: set[str] = set()
     pos = 0
     while (end := text.find("\n", pos)) >= 0:
-        key = _line_key(text[pos:end])
+        key = line_key(text[pos:end])
         if key:
             if key in seen:
                 return pos
