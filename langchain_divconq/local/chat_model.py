@@ -190,9 +190,9 @@ class ChatLocalModel(BaseChatModel):
     weights (fp32 on CPU: exactly ``generate``'s tokens). ``"llamacpp"``: llama.cpp on a
     GGUF of the same weights (:mod:`~langchain_divconq.local.llamacpp_backend`; needs
     ``llama-cpp-python``, the ``llamacpp`` extra; q8_0 by default, so a near tie can
-    flip a token). ``"auto"``: llama.cpp when it is installed, the model is a Llama-style
-    model on CPU loaded from a folder, and the CPU lacks AVX512-BF16/AMX (where the torch
-    engine measured faster); else torch. Sampling and streaming always run on torch.
+    flip a token). ``"auto"``: llama.cpp when it is installed and the model is a
+    Llama-style model on CPU loaded from a folder (it measured faster than the torch engine
+    on AVX2 and on AVX512-BF16 alike); else torch. Sampling and streaming always run on torch.
     ``response_metadata["backend"]`` names the engine that ran."""
     gguf_path: str | None = None
     """The GGUF file of the ``llamacpp`` backend; None: written once from the model's folder."""

@@ -12,7 +12,8 @@ prompt:
   are read once per step, not once per row).
 - **The shared prompt prefix is computed once** and copied to every row (the
   decomposer's system prompt), and kept between calls.
-- **Prompt-lookup drafts at batch 1**: n-grams of the prompt propose a few tokens,
+- **Prompt-lookup drafts at batch 1** (off by default; they did not pay on a 2-core
+  CPU): n-grams of the prompt propose a few tokens,
   one ``llama_decode`` checks them all and the argmax decides what is kept (the
   rejected keys and values are dropped from the cache). Greedy decoding keeps
   only tokens the model itself chose, so the text is what one-token steps give,
@@ -77,9 +78,10 @@ class LlamaCppEngine:
             more is kept for the shared prefix).
         n_ctx: Context cells shared by all rows (prompt + output of every row).
         n_batch: Most tokens per ``llama_decode`` call.
-        lookup_tokens: Most prompt-lookup draft tokens per step at batch 1 (0: off). On
-            a 2-core x86 CPU a 4-token llama.cpp pass cost about as much as the 1.8-2.1
-            tokens it accepted on average, so drafts are short by default.
+        lookup_tokens: Most prompt-lookup draft tokens per step at batch 1 (0: off, the
+            default). On a 2-core x86 CPU a llama.cpp pass over 4-9 tokens cost about as
+            much as the 1.6-2.1 tokens it accepted on average: +2% for the decomposer
+            with 3 draft tokens, -17% for the base model's longer free text.
         kv_unified: One key/value buffer for all rows (needed to copy the shared
             prefix between rows; llama.cpp refuses the copy otherwise).
         verbose: Let llama.cpp log to stderr.
@@ -98,7 +100,7 @@ class LlamaCppEngine:
         max_rows: int = 16,
         n_ctx: int = 8192,
         n_batch: int = 2048,
-        lookup_tokens: int = 3,
+        lookup_tokens: int = 0,
         kv_unified: bool = True,
         verbose: bool = False,
     ) -> None:

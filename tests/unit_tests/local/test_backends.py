@@ -59,14 +59,11 @@ def test_sampling_and_streaming_report_torch(tiny_model_and_tokenizer: tuple[Any
     assert last.response_metadata["backend"] == "torch"
 
 
-def test_auto_follows_the_measured_rule(
+def test_auto_needs_a_model_folder(
     tiny_model_and_tokenizer: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(backends, "llamacpp_available", lambda: True)
-    monkeypatch.setattr(backends, "torch_engine_is_faster", lambda: True)
     model, _ = tiny_model_and_tokenizer
-    assert backends.llamacpp_engine_for(model, "auto") is None  # faster on torch here
-    monkeypatch.setattr(backends, "torch_engine_is_faster", lambda: False)
     # The fixture's model was not loaded from a folder: no GGUF to write, so torch.
     assert backends.llamacpp_engine_for(model, "auto") is None
     with pytest.raises(ValueError, match="not loaded from a folder"):
@@ -111,7 +108,6 @@ def test_auto_stays_on_torch_when_llama_cpp_fails_to_start(
     tok.save_pretrained(tmp_path / "tiny")
     loaded = load_local_model(tmp_path / "tiny", max_tokens=4, backend="torch").model
     monkeypatch.setattr(backends, "llamacpp_available", lambda: True)
-    monkeypatch.setattr(backends, "torch_engine_is_faster", lambda: False)
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise OSError("libllama.so: cannot open shared object file")
