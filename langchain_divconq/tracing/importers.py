@@ -54,8 +54,7 @@ from langchain_divconq.tracing.recorder import _model_name as _recorder_model_na
 from langchain_divconq.tracing.recorder import _output_text as _recorder_output_text
 from langchain_divconq.tracing.recorder import _response_model as _recorder_response_model
 from langchain_divconq.tracing.recorder import _response_text as _recorder_response_text
-from langchain_divconq.tracing.recorder import _split_input as _recorder_split_input
-from langchain_divconq.tracing.recorder import scrub_secrets, scrub_trace
+from langchain_divconq.tracing.recorder import chain_trace, scrub_secrets, scrub_trace
 from langchain_divconq.tracing.scoring import score_trace
 from langchain_divconq.tracing.trace import NodeCall, TokenUsage, Trace
 from langchain_divconq.tracing.usage import estimate_tokens, reported_usage
@@ -651,37 +650,19 @@ def _trace_from_root(
 
     for child in children.get(str(root["id"]), []):
         visit(child, root, None)
-    question, context = _recorder_split_input(root.get("inputs") or {})
-    outputs = root.get("outputs")
-    result = outputs if isinstance(outputs, dict) else {}
-    if isinstance(result.get("question"), str):
-        question = result["question"]
-        context = result.get("context") or context
-    metadata = _extra_metadata(root)
-    metadata.pop(NODE_METADATA_KEY, None)
-    reference = metadata.pop("reference", None)
-    solution = result.get("solution")
-    solution = solution if isinstance(solution, str) else None
-    answer = result.get("answer")
-    if answer is None and solution is not None:
-        answer = extract_answer(solution)
     calls = {name: _node_call(run, llms) for name, (run, llms) in nodes.items()}
     created = root.get("start_time")
-    trace = Trace(
-        trace_id=_trace_id("langsmith-runs", str(root["id"])),
-        source="langsmith-runs",
-        question=question,
-        context=context,
-        reference=None if reference is None else str(reference),
+    trace = chain_trace(
+        root.get("inputs") or {},
+        root.get("outputs"),
+        _extra_metadata(root),
+        root.get("tags") or [],
         decomposer=calls.get("decomposer"),
         solver=calls.get("solver"),
-        sub_questions=[str(q) for q in result.get("sub_questions") or []],
-        solution=solution,
-        answer=None if answer is None else str(answer),
         error=_error_from_run(root.get("error")),
-        tags=list(dict.fromkeys(root.get("tags") or [])),
-        metadata=scrub_secrets(metadata),
         run_id=str(root["id"]),
+        trace_id=_trace_id("langsmith-runs", str(root["id"])),
+        source="langsmith-runs",
         **({"created_at": created} if created else {}),
     )
     if trace.reference is not None:

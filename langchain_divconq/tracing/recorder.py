@@ -319,6 +319,67 @@ def _response_text(response: LLMResult) -> str:
     return generation.text
 
 
+def chain_trace(
+    inputs: Any,
+    outputs: Any,
+    metadata: Mapping[str, Any],
+    tags: Sequence[str],
+    *,
+    decomposer: NodeCall | None,
+    solver: NodeCall | None,
+    error: str | None,
+    run_id: str,
+    **fields: Any,
+) -> Trace:
+    """Build the (unscored, unscrubbed) trace of one chain run from its root run's data.
+
+    The one reading of a DivConqChain run: :class:`TraceRecorder` calls it with
+    callback data, the LangSmith importer with exported run trees. The chain's
+    output dict wins over its input for the question and context; the
+    ``reference`` metadata becomes the gold answer.
+
+    Args:
+        inputs: The root run's inputs (a dict or a bare question).
+        outputs: The root run's outputs (the chain's dict; anything else counts as none).
+        metadata: The root run's metadata.
+        tags: The root run's tags (duplicates dropped, order kept).
+        decomposer: The decomposer node's call, if it ran.
+        solver: The solver node's call, if it ran.
+        error: Why the run failed, if it did.
+        run_id: The root run's id.
+        **fields: Further :class:`Trace` fields (``trace_id``, ``source``, ``created_at``).
+
+    """
+    question, context = _split_input(inputs)
+    result = outputs if isinstance(outputs, Mapping) else {}
+    if isinstance(result.get("question"), str):
+        question = result["question"]
+        context = result.get("context") or context
+    extra = dict(metadata)
+    extra.pop(NODE_METADATA_KEY, None)
+    reference = extra.pop("reference", None)
+    solution = result.get("solution")
+    solution = solution if isinstance(solution, str) else None
+    answer = result.get("answer")
+    if answer is None and solution is not None:
+        answer = extract_answer(solution)
+    return Trace(
+        question=question,
+        context=context,
+        reference=None if reference is None else str(reference),
+        decomposer=decomposer,
+        solver=solver,
+        sub_questions=[str(q) for q in result.get("sub_questions") or []],
+        solution=solution,
+        answer=None if answer is None else str(answer),
+        error=error,
+        tags=list(dict.fromkeys(tags)),
+        metadata=scrub_secrets(extra),
+        run_id=run_id,
+        **fields,
+    )
+
+
 class TraceRecorder(BaseCallbackHandler):
     """Callback handler that writes one :class:`Trace` per ``DivConqChain`` run to a store.
 
@@ -594,33 +655,15 @@ class TraceRecorder(BaseCallbackHandler):
 
     # ---------------------------------------------------------------- writing
     def _trace(self, root: _Root, outputs: Any, error: BaseException | None) -> Trace:
-        question, context = _split_input(root.inputs)
-        result = outputs if isinstance(outputs, Mapping) else {}
-        if isinstance(result.get("question"), str):
-            question = result["question"]
-            context = result.get("context") or context
-        metadata = dict(root.metadata)
-        metadata.pop(NODE_METADATA_KEY, None)
-        reference = metadata.pop("reference", None)
-        solution = result.get("solution")
-        solution = solution if isinstance(solution, str) else None
-        answer = result.get("answer")
-        if answer is None and solution is not None:
-            answer = extract_answer(solution)
-        sub_questions = result.get("sub_questions") or []
         decomposer, solver = root.nodes.get("decomposer"), root.nodes.get("solver")
-        trace = Trace(
-            question=question,
-            context=context,
-            reference=None if reference is None else str(reference),
+        trace = chain_trace(
+            root.inputs,
+            outputs,
+            root.metadata,
+            root.tags,
             decomposer=decomposer.to_call() if decomposer else None,
             solver=solver.to_call() if solver else None,
-            sub_questions=[str(q) for q in sub_questions],
-            solution=solution,
-            answer=None if answer is None else str(answer),
             error=None if error is None else _error_text(error),
-            tags=list(dict.fromkeys(root.tags)),
-            metadata=scrub_secrets(metadata),
             run_id=str(root.run_id),
             created_at=root.created_at,
         )
