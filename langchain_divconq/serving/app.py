@@ -367,22 +367,40 @@ async def _unless_disconnected(
             pass
 
     task = asyncio.ensure_future(work)
-    watch = asyncio.ensure_future(disconnected())
+    # Cancelling the submit cancels its future; the batcher then stops the generation.
+    watcher_won = await _race(task, disconnected(), deadline)
+    if watcher_won is None:
+        return task.result()
+    raise _ClientGone if watcher_won else _TimedOut
+
+
+async def _race(
+    work: asyncio.Future[Any], watch: Awaitable[Any], deadline: float | None
+) -> bool | None:
+    """Wait for ``work``, ``watch`` or ``deadline`` (``time.monotonic()``), whichever comes first.
+
+    ``watch`` is always cancelled afterwards; ``work`` is cancelled unless it won.
+
+    Returns:
+        None when ``work`` finished first, True when ``watch`` did, False when the
+        deadline passed.
+
+    """
+    watcher = asyncio.ensure_future(watch)
     timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
     try:
         done, _ = await asyncio.wait(
-            {task, watch}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            {work, watcher}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
         )
     except BaseException:
-        task.cancel()
+        work.cancel()
         raise
     finally:
-        watch.cancel()
-    if task not in done:
-        # Cancelling the submit cancels its future; the batcher then stops the generation.
-        task.cancel()
-        raise _ClientGone if watch in done else _TimedOut
-    return task.result()
+        watcher.cancel()
+    if work in done:
+        return None
+    work.cancel()
+    return watcher in done
 
 
 async def _first_event(events: AsyncGenerator[str, None]) -> str:
@@ -447,23 +465,12 @@ async def _next_piece(
     # A stream is pulled: once its step is cancelled and it is closed, a model that
     # streams from a worker thread runs at most the step in flight.
     step = asyncio.ensure_future(anext(stream))
-    abort = asyncio.ensure_future(aborted.wait())
-    timeout = None if info.deadline is None else max(info.deadline - time.monotonic(), 0.0)
-    try:
-        done, _ = await asyncio.wait(
-            {step, abort}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-        )
-    except BaseException:
-        step.cancel()
-        raise
-    finally:
-        abort.cancel()
-    if step in done:
+    aborted_first = await _race(step, aborted.wait(), info.deadline)
+    if aborted_first is None:
         return step.result()
-    step.cancel()
     with contextlib.suppress(BaseException):
         await step
-    if abort in done:
+    if aborted_first:
         raise _Interrupted(
             APIError(503, _SHUTDOWN_MESSAGE, type="server_error", code="shutting_down")
         )
