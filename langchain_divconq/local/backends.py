@@ -5,7 +5,9 @@ both on the same prompts in one run (BENCHMARKS.md, "Decoding on every CPU"): on
 quiet 2-core Xeon, two threads, llama.cpp through our engine ran the decomposer at
 1.46x the torch engine with torch on AVX2 and 1.24x with torch on AVX512-BF16 at
 batch 1 (1.6-2.1x at batch 16). So ``auto`` takes llama.cpp wherever it is installed
-and can run the model; ``backend="torch"`` keeps the exact fp32 path.
+and can run the model. It is an opt-in: the default is ``backend="torch"``, the exact fp32
+path, because the q8_0 GGUF's greedy plans differed from the torch model's on 22% of
+held-out decomposer prompts (#18), and the quality we evaluate must be what users get.
 """
 
 from __future__ import annotations

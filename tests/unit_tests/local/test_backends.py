@@ -31,9 +31,19 @@ def test_without_llama_cpp_auto_runs_torch_and_says_so(
     tiny_model_and_tokenizer: tuple[Any, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level("INFO", logger="langchain_divconq.local.backends")
-    message = _chat(tiny_model_and_tokenizer).invoke("hello")
+    message = _chat(tiny_model_and_tokenizer, backend="auto").invoke("hello")
     assert message.response_metadata["backend"] == "torch"
     assert "pip install 'langchain-divconq[llamacpp]'" in caplog.text
+
+
+def test_default_backend_is_the_exact_torch_path_even_with_llama_cpp_installed(
+    tiny_model_and_tokenizer: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The q8_0 GGUF changed 22% of greedy plans (#18): the default must be what we evaluate.
+    monkeypatch.setattr(backends, "llamacpp_available", lambda: True)
+    chat = _chat(tiny_model_and_tokenizer)
+    assert chat.backend == "torch"
+    assert chat.invoke("hello").response_metadata["backend"] == "torch"
 
 
 @pytest.mark.usefixtures("no_llamacpp")
