@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +36,7 @@ except ImportError:  # pragma: no cover - Windows
 
 __all__ = [
     "FAILED_WRITE_MARK",
+    "PRIVATE_FILE_MODE",
     "TORN",
     "JsonlAppender",
     "ends_torn",
@@ -50,6 +52,10 @@ TORN = " (torn last line, probably a crash mid-write)"
 
 FAILED_WRITE_MARK = b" <- a failed write\n"
 """Ends the fragment of a failed write that could not be removed: no JSON value ends in it."""
+
+PRIVATE_FILE_MODE = 0o600
+"""Permission bits of the files these writers create: they hold model I/O (prompts, outputs,
+upstream error texts), which is nobody else's business on a shared machine."""
 
 
 @contextmanager
@@ -128,18 +134,24 @@ def read_jsonl(
 
 
 def write_jsonl(
-    path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]], *, mode: int = 0o644
+    path: str | os.PathLike[str],
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    mode: int = PRIVATE_FILE_MODE,
 ) -> int:
     """Write ``rows`` to ``path`` as JSONL, replacing it whole; return the row count.
 
     Written to a hidden temporary name first and renamed, so a crash never leaves
-    half a file behind.
+    half a file behind. The file gets ``mode`` (owner-only by default), also when
+    it replaces a file that had other bits.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
     count = 0
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    # A leftover partial file keeps its old bits (os.open applies mode only on creation).
+    os.fchmod(fd, mode)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -165,16 +177,25 @@ class JsonlAppender:
     Args:
         path: The file; created (with its folder) on the first write.
         fsync: Also ``fsync`` after every write (survives a power loss, slower).
-        mode: Permission bits for a file this creates.
+        mode: Permission bits for a file this creates (owner-only by default).
 
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = False, mode: int = 0o644):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        fsync: bool = False,
+        mode: int = PRIVATE_FILE_MODE,
+    ) -> None:
         self.path = Path(path)
         self.fsync = fsync
         self.mode = mode
         self._lock = threading.Lock()
         self._fd: int | None = None
+        # Closes the descriptor when the appender is collected, or at interpreter
+        # exit before modules are torn down (a __del__ could then find ``os`` gone).
+        self._closer: weakref.finalize[[int], JsonlAppender] | None = None
         self._check_tail = True
         self._poison_tail = False
 
@@ -186,9 +207,10 @@ class JsonlAppender:
 
         """
         with self._lock:
-            if self._fd is None:
+            if self._fd is None or self._closer is None or not self._closer.alive:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, self.mode)
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, self.mode)
+                self._fd, self._closer = fd, weakref.finalize(self, os.close, fd)
             fd = self._fd
             with _locked(fd):
                 if self._check_tail:
@@ -234,11 +256,6 @@ class JsonlAppender:
     def close(self) -> None:
         """Close the file descriptor (a later write reopens it)."""
         with self._lock:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
-
-    def __del__(self) -> None:
-        fd = getattr(self, "_fd", None)
-        if fd is not None:
-            os.close(fd)
+            if self._closer is not None:
+                self._closer()  # closes the descriptor once, however often it is called
+            self._fd = self._closer = None
