@@ -53,6 +53,7 @@ from langchain_divconq.local.decoding import (
     expired,
     held_back,
 )
+from langchain_divconq.local.streaming import repeat_safe_end
 
 __all__ = ["ChatLocalModel"]
 
@@ -444,7 +445,8 @@ class ChatLocalModel(BaseChatModel):
                 text, cut = cut_text(text, params)
                 safe = len(text) if cut else len(text) - held_back(text, params.stop)
                 if params.no_repeat_lines and not cut:
-                    safe = min(safe, text.rfind("\n") + 1)  # an unfinished line may repeat
+                    # Only a line that may still repeat an earlier one is held back.
+                    safe = min(safe, repeat_safe_end(text))
                 if safe > len(emitted):
                     yield ChatGenerationChunk(
                         message=AIMessageChunk(content=text[len(emitted) : safe])
