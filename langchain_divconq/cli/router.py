@@ -23,6 +23,7 @@ __all__ = ["main"]
 
 _COMMAND_MODULES: list[str] = [
     # one entry per module of this folder that defines register_cli(subparsers)
+    "langchain_divconq.cli.cache",
     "langchain_divconq.cli.collect",
     "langchain_divconq.cli.eval",
     "langchain_divconq.cli.serve",

@@ -21,6 +21,7 @@ __all__ = [
     "cache_dir",
     "embedded_gguf_path",
     "embedded_model_path",
+    "folder_size",
     "resolve_base_model",
 ]
 
@@ -40,6 +41,23 @@ def cache_dir() -> Path:
     """Return the cache folder: ``$DIVCONQ_CACHE`` or ``~/.cache/langchain-divconq``."""
     root = os.environ.get("DIVCONQ_CACHE") or Path.home() / ".cache" / "langchain-divconq"
     return Path(root)
+
+
+def folder_size(path: Path) -> int:
+    """Return the bytes of every file under ``path`` (a file's own size for a file).
+
+    Files that vanish while it counts (a cache being cleaned) count as 0.
+    """
+    if path.is_file():
+        return path.stat().st_size
+    total = 0
+    for item in path.rglob("*"):
+        try:
+            if item.is_file() and not item.is_symlink():
+                total += item.stat().st_size
+        except OSError:
+            continue
+    return total
 
 
 def embedded_gguf_path() -> Path:

@@ -57,11 +57,16 @@ def test_merged_copy_equals_peft_merge_and_is_reused(folders: tuple[Path, Path])
 
 
 def test_key_changes_with_the_adapter_and_the_stale_copy_goes(
-    folders: tuple[Path, Path], tiny_model_and_tokenizer: tuple[Any, Any]
+    folders: tuple[Path, Path],
+    tiny_model_and_tokenizer: tuple[Any, Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from transformers import AutoModelForCausalLM
 
+    from langchain_divconq.local import merged_cache
     from langchain_divconq.local.merged_cache import merged_cache_key, merged_model_path
+
+    monkeypatch.setattr(merged_cache, "_IN_USE", set())
 
     base, adapter = folders
     old_key = merged_cache_key(base, adapter)
@@ -69,7 +74,10 @@ def test_key_changes_with_the_adapter_and_the_stale_copy_goes(
     _write_adapter(tiny_model_and_tokenizer[0], adapter, seed=2)  # retrained in place
     assert merged_cache_key(base, adapter) != old_key
     new = merged_model_path(base, adapter)
-    assert new != old and not old.exists()  # the stale copy is removed, never loaded
+    assert new != old and old.exists()  # this process loaded the old copy: kept while it runs
+    merged_cache._IN_USE.clear()  # as in a later process
+    assert merged_model_path(base, adapter) == new
+    assert not old.exists()  # the stale copy is removed, never loaded
     loaded = AutoModelForCausalLM.from_pretrained(new).state_dict()
     name = "model.layers.0.self_attn.q_proj.weight"
     assert torch.equal(loaded[name], _merged_in_memory(base, adapter)[name])
@@ -145,15 +153,158 @@ def test_shared_tensors_between_solver_and_decomposer(folders: tuple[Path, Path]
 
 
 def test_copies_of_deleted_adapters_are_removed(
-    folders: tuple[Path, Path], tiny_model_and_tokenizer: tuple[Any, Any], tmp_path: Path
+    folders: tuple[Path, Path],
+    tiny_model_and_tokenizer: tuple[Any, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import shutil
 
+    from langchain_divconq.local import merged_cache
     from langchain_divconq.local.merged_cache import merged_model_path
 
+    monkeypatch.setattr(merged_cache, "_IN_USE", set())
     base, adapter = folders
     gone = merged_model_path(base, adapter)
+    merged_cache._IN_USE.clear()  # a copy this process uses would be kept
     shutil.rmtree(adapter)  # e.g. a deleted checkpoint or a test's temporary folder
     _write_adapter(tiny_model_and_tokenizer[0], tmp_path / "other", seed=3)
     kept = merged_model_path(base, tmp_path / "other")
     assert kept.is_dir() and not gone.exists()
+
+
+# --- the bound on the cache (issue #19): newest N copies, a size cap, never one in use ---
+
+
+def _age(folder: Path, seconds_ago: float) -> None:
+    """Pretend ``folder`` was last used ``seconds_ago`` (its info file's mtime)."""
+    import os
+    import time
+
+    from langchain_divconq.local.merged_cache import MERGED_INFO_FILE
+
+    stamp = time.time() - seconds_ago
+    os.utime(folder / MERGED_INFO_FILE, (stamp, stamp))
+
+
+def test_only_the_newest_copies_are_kept_and_never_one_in_use(
+    folders: tuple[Path, Path],
+    tiny_model_and_tokenizer: tuple[Any, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from langchain_divconq.local import merged_cache
+
+    monkeypatch.setattr(merged_cache, "_IN_USE", set())
+    monkeypatch.setenv("DIVCONQ_CACHE_MAX_MERGED", "2")
+    base, first = folders
+    adapters = [first]
+    for seed in (2, 3):
+        adapters.append(tmp_path / f"adapter{seed}")
+        _write_adapter(tiny_model_and_tokenizer[0], adapters[-1], seed=seed)
+    copies = []
+    for i, adapter in enumerate(adapters):
+        copies.append(merged_cache.merged_model_path(base, adapter))
+        _age(copies[-1], 3600 - i)  # an hour ago: no other process can be loading them
+    # All three were handed out by this process, so none goes although the bound is 2.
+    assert all(c.is_dir() for c in copies)
+    assert [c.path for c in merged_cache.list_merged()] == copies  # least recently used first
+
+    merged_cache._IN_USE.clear()  # as a new process would start
+    again = merged_cache.merged_model_path(base, adapters[2])  # a hit: prunes too
+    assert again == copies[2]
+    assert not copies[0].exists()  # the least recently used copy went
+    assert copies[1].is_dir() and copies[2].is_dir()
+
+    monkeypatch.setenv("DIVCONQ_CACHE_MAX_MERGED", "1")
+    _age(copies[1], 10)  # used 10 s ago: perhaps loading in another process right now
+    merged_cache.prune_merged()
+    assert copies[1].is_dir()
+    assert merged_cache.prune_merged(recent_s=5) == [copies[1]]
+    assert [c.path for c in merged_cache.list_merged()] == [copies[2]]
+
+
+def _fake_copy(root: Path, name: str, size: int, seconds_ago: float) -> Path:
+    folder = root / "merged" / name
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"\0" * size)
+    info = {"key": name, "base": f"/bases/{name}", "adapter": f"/adapters/{name}"}
+    (folder / "divconq_merged.json").write_text(json.dumps(info))
+    _age(folder, seconds_ago)
+    return folder
+
+
+def test_size_cap_and_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from langchain_divconq.local import merged_cache
+
+    monkeypatch.setenv("DIVCONQ_CACHE", str(tmp_path))
+    monkeypatch.delenv("DIVCONQ_CACHE_MAX_MERGED", raising=False)
+    monkeypatch.delenv("DIVCONQ_CACHE_MAX_MERGED_GB", raising=False)
+    made = [_fake_copy(tmp_path, f"c{i}", 1000, 1000 - i) for i in range(6)]
+    # default: the newest 4
+    assert merged_cache.prune_merged() == made[:2]
+    # a size cap of 2.5 KB on top keeps the newest two (1000 bytes each)
+    monkeypatch.setenv("DIVCONQ_CACHE_MAX_MERGED_GB", str(2.5e-6))
+    assert merged_cache.prune_merged() == made[2:4]
+    copy = merged_cache.list_merged()[0]
+    assert (copy.size_bytes, copy.base, copy.adapter) == (
+        1000 + len((made[4] / "divconq_merged.json").read_text()),
+        "/bases/c4",
+        "/adapters/c4",
+    )
+    # 0 means no limit
+    monkeypatch.setenv("DIVCONQ_CACHE_MAX_MERGED_GB", "0")
+    _fake_copy(tmp_path, "c9", 10, 1)
+    monkeypatch.setenv("DIVCONQ_CACHE_MAX_MERGED", "0")
+    assert merged_cache.prune_merged() == []
+
+
+def test_a_bad_bound_warns_and_keeps_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from langchain_divconq.local import merged_cache
+
+    monkeypatch.setenv("DIVCONQ_CACHE", str(tmp_path))
+    monkeypatch.setenv("DIVCONQ_CACHE_MAX_MERGED", "few")
+    made = [_fake_copy(tmp_path, f"c{i}", 10, 1000 - i) for i in range(5)]
+    with caplog.at_level("WARNING"):
+        assert merged_cache.prune_merged() == made[:1]
+    assert "DIVCONQ_CACHE_MAX_MERGED='few' is not a whole number" in caplog.text
+
+
+def test_cache_list_and_clear_commands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from langchain_divconq.cli import main
+    from langchain_divconq.local import merged_cache
+
+    monkeypatch.setenv("DIVCONQ_CACHE", str(tmp_path))
+    monkeypatch.setattr(merged_cache, "_IN_USE", set())
+    kept = _fake_copy(tmp_path, "in-use", 10, 5000)
+    gone = _fake_copy(tmp_path, "old", 2000, 4000)
+    (tmp_path / "SmolLM2-x").mkdir()
+    (tmp_path / "SmolLM2-x" / "model.safetensors").write_bytes(b"\0" * 300)
+    merged_cache._IN_USE.add(kept.resolve())
+
+    assert main(["cache", "list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["kind"], Path(r["path"]).name) for r in rows] == [
+        ("merged", "in-use"),
+        ("merged", "old"),
+        ("base model", "SmolLM2-x"),
+    ]
+    assert rows[1]["adapter"] == "/adapters/old" and rows[1]["size_bytes"] > 2000
+    assert main(["cache", "list"]) == 0
+    out = capsys.readouterr().out
+    assert str(tmp_path) in out and "adapter /adapters/old" in out
+
+    assert main(["cache", "clear"]) == 0  # --merged is the default
+    assert "removed 1 entries (merged copies, 2.1 KB)" in capsys.readouterr().out
+    assert kept.is_dir() and not gone.exists() and (tmp_path / "SmolLM2-x").is_dir()
+
+    assert main(["cache", "clear", "--all"]) == 0
+    assert "removed 1 entries (everything" in capsys.readouterr().out
+    assert not (tmp_path / "SmolLM2-x").exists() and kept.is_dir()  # in use: kept
+    merged_cache._IN_USE.clear()
+    assert main(["cache", "clear", "--all"]) == 0
+    assert not kept.exists()
