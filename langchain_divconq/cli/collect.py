@@ -7,6 +7,7 @@ The domain code lives in :mod:`langchain_divconq.tracing.collect` and
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from langchain_divconq.cli.args import add_data_dir_argument, add_model_arguments, build_chain
@@ -40,17 +41,23 @@ def _collect(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from langchain_divconq.tracing.importers import IMPORTERS
+    from langchain_divconq.tracing.import_results import SHOWN_ERRORS
+    from langchain_divconq.tracing.importers import import_file
     from langchain_divconq.tracing.store import open_store
 
-    importer = IMPORTERS[args.format]
     with open_store(args.store) as store:
-        known = store.trace_ids()
-        fresh = [t for t in importer(args.path, limit=args.limit) if t.trace_id not in known]
-        written = store.add_many(fresh)
+        result = import_file(args.format, args.path, store, limit=args.limit, strict=args.strict)
         total = len(store)
-    print(f"imported {written} {args.format} trace(s) into {args.store} ({total} in the store)")
-    return 0
+    summary = result.summary(
+        what=f" {args.format} trace(s) into {args.store} ({total} in the store)"
+    )
+    if result.ok:
+        print(summary)
+        return 0
+    if result.skipped > SHOWN_ERRORS:
+        summary += "; `divconq -v import ...` logs every bad record"
+    print(f"divconq import: {args.path}: {summary}", file=sys.stderr)
+    return 1
 
 
 def register_cli(subparsers: Any) -> None:
@@ -83,7 +90,9 @@ def register_cli(subparsers: Any) -> None:
         help="import gold decompositions, chat JSONL or LangSmith runs into a trace store",
         description="Read GSM8K Socratic, StrategyQA or OpenAI chat JSONL, or LangChain/"
         "LangSmith runs (Run objects as JSON or JSONL) into --store as traces; records "
-        "already in the store are skipped.",
+        "already in the store are skipped. Bad records (by 1-based line in JSONL, 'run 3 "
+        "(index 2)' in a JSON array) are skipped and listed, and the exit status is 1; "
+        "with --strict the file imports whole or not at all.",
     )
     importer.add_argument("format", choices=IMPORT_FORMATS, help="what the file holds")
     importer.add_argument("path", help="the .jsonl (or .json) file to read")
@@ -91,4 +100,10 @@ def register_cli(subparsers: Any) -> None:
         "--store", default="traces.jsonl", help="traces.jsonl or sqlite:///traces.db"
     )
     importer.add_argument("--limit", type=int, default=None, help="only the first N records")
+    importer.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop at the first bad record and import nothing from the file (without it, "
+        "bad records are skipped and listed, and the exit status is 1)",
+    )
     importer.set_defaults(handler=_import)

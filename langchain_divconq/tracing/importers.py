@@ -1,4 +1,4 @@
-"""Import gold decompositions and chat logs as traces.
+"""Import gold decompositions, chat logs and LangSmith runs as traces.
 
 Importers turn public data into :class:`~langchain_divconq.trace.Trace` records,
 so gold and recorded traces feed the same training code:
@@ -10,9 +10,18 @@ so gold and recorded traces feed the same training code:
   become the solver text and the boolean answer ``yes``/``no``.
 * :func:`import_openai_chat`: OpenAI chat-format JSONL (``{"messages": [...]}``),
   including what :func:`export_openai_jsonl` writes.
-* :func:`import_langsmith_runs`: LangChain/LangSmith run trees (``Run`` objects as
-  JSON, e.g. from ``RunCollectorCallbackHandler`` or a LangSmith export), each
-  DivConqChain run rebuilt as :class:`TraceRecorder` would have recorded it.
+* :func:`import_langsmith_runs` (from :mod:`~.tracing.langsmith_import`):
+  LangChain/LangSmith run trees (``Run`` objects as JSON, e.g. from
+  ``RunCollectorCallbackHandler`` or a LangSmith export), each DivConqChain run
+  rebuilt as :class:`TraceRecorder` would have recorded it.
+
+One bad record never costs the good ones: every importer takes ``skipped=[]``
+to import the good records and note each bad one there as a
+:class:`~.tracing.import_results.BadRecord` (``line 7``, 1-based, in JSONL;
+``run 3 (index 2)`` in a JSON array); without it, the first bad record raises
+:class:`~.tracing.import_results.BadRecordError` (a ``ValueError``), as before.
+:func:`import_file` (what ``divconq import`` runs) imports a file into a store
+and returns an :class:`~.tracing.import_results.ImportResult`.
 
 Imported trace ids are derived from the source line, so importing a file twice
 adds nothing the second time. The way back out (traces to fine-tuning files) is
@@ -21,89 +30,78 @@ adds nothing the second time. The way back out (traces to fine-tuning files) is
 
 from __future__ import annotations
 
-import ast
-import hashlib
-import json
-import logging
 import os
 import re
-import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from langchain_core.messages import (
-    BaseMessage,
-    convert_to_messages,
-    convert_to_openai_messages,
-    messages_from_dict,
-)
-from langchain_core.outputs import ChatGeneration, Generation, LLMResult
-
-from langchain_divconq.jsonl import iter_lines
-from langchain_divconq.prompts import (
-    ANSWER_MARKER,
-    NODE_METADATA_KEY,
-    extract_answer,
-    parse_sub_questions,
-)
+from langchain_divconq.prompts import ANSWER_MARKER, extract_answer, parse_sub_questions
 from langchain_divconq.tasks.math import parse_number
-from langchain_divconq.tracing.recorder import _content_text as _recorder_content_text
-from langchain_divconq.tracing.recorder import _model_name as _recorder_model_name
-from langchain_divconq.tracing.recorder import _output_text as _recorder_output_text
-from langchain_divconq.tracing.recorder import _response_model as _recorder_response_model
-from langchain_divconq.tracing.recorder import _response_text as _recorder_response_text
-from langchain_divconq.tracing.recorder import chain_trace, scrub_secrets, scrub_trace
+from langchain_divconq.tracing.import_results import (
+    BadRecord,
+    BadRecordError,
+    ImportResult,
+    check_limit,
+    in_file_order,
+    jsonl_records,
+    reject,
+    trace_id,
+)
+from langchain_divconq.tracing.langsmith_import import DUMP_HINT, import_langsmith_runs
+from langchain_divconq.tracing.recorder import scrub_secrets
 from langchain_divconq.tracing.scoring import score_trace
-from langchain_divconq.tracing.trace import NodeCall, TokenUsage, Trace
-from langchain_divconq.tracing.usage import estimate_tokens, reported_usage
+from langchain_divconq.tracing.store import TraceStore, open_store
+from langchain_divconq.tracing.trace import NodeCall, Trace
 
 __all__ = [
+    "DUMP_HINT",
     "IMPORTERS",
+    "BadRecord",
+    "BadRecordError",
+    "ImportResult",
+    "import_file",
     "import_gsm8k_socratic",
     "import_langsmith_runs",
     "import_openai_chat",
     "import_strategyqa",
 ]
 
-logger = logging.getLogger(__name__)
-
-_NAMESPACE = uuid.UUID("6f1d3c1e-5b8a-4c59-9f0e-3d1f7a2b9c44")
 _CALCULATOR = re.compile(r"<<[^<>]*>>")
 _UNLIMITED = 10_000
+_WRITE_BATCH = 1000
 
 
-def _trace_id(source: str, raw: str) -> str:
-    digest = hashlib.sha256(raw.encode("utf-8")).hexdigest()
-    return uuid.uuid5(_NAMESPACE, f"{source}:{digest}").hex
+class _RecordError(ValueError):
+    """What is wrong with one record (its place is added by :func:`_records`)."""
 
 
-def _rows(path: str | os.PathLike[str], limit: int | None) -> Iterator[tuple[int, str, Any]]:
-    """Yield ``(line number, raw line, parsed object)`` of a JSONL file."""
-    if limit is not None and limit < 0:
-        msg = f"limit must be >= 0 or None, got {limit}."
-        raise ValueError(msg)
-    file = Path(path)
-    if not file.is_file():
-        msg = f"No such file to import: {file}. Pass the path of a .jsonl file."
-        raise FileNotFoundError(msg)
-    for count, (number, line, where) in enumerate(iter_lines(file)):
-        if limit is not None and count >= limit:
-            return
+def _records(
+    path: str | os.PathLike[str],
+    limit: int | None,
+    skipped: list[BadRecord] | None,
+    convert: Callable[[int, str, Any], Trace],
+) -> Iterator[Trace]:
+    """Convert each JSONL record to a trace; reject (stop at or skip) the bad ones."""
+    for number, raw, row in jsonl_records(path, limit, skipped):
         try:
-            row = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            msg = f"{where} is not valid JSON ({exc}); is the file truncated?"
-            raise ValueError(msg) from exc
-        yield number, line.decode("utf-8").strip(), row
+            trace = convert(number, raw, row)
+        except _RecordError as exc:
+            reject(path, BadRecord.at_line(number, str(exc)), skipped)
+            continue
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            # Data of an unexpected shape (a number where a list belongs...).
+            message = f"{type(exc).__name__}: {exc}"
+            reject(path, BadRecord.at_line(number, message), skipped)
+            continue
+        yield trace
 
 
-def _require(row: Any, keys: tuple[str, ...], where: str, kind: str) -> None:
+def _require(row: Any, keys: tuple[str, ...], kind: str) -> None:
     if not isinstance(row, dict) or any(key not in row for key in keys):
-        got = sorted(row) if isinstance(row, dict) else type(row).__name__
-        msg = f"{where}: a {kind} record needs the keys {list(keys)}, got {got}."
-        raise ValueError(msg)
+        got = sorted(row)[:12] if isinstance(row, dict) else type(row).__name__
+        msg = f"a {kind} record needs the keys {list(keys)}, got {got}."
+        raise _RecordError(msg)
 
 
 def _number_text(text: str) -> str:
@@ -118,7 +116,10 @@ def _clean_step(step: str) -> str:
 
 
 def import_gsm8k_socratic(
-    path: str | os.PathLike[str], *, limit: int | None = None
+    path: str | os.PathLike[str],
+    *,
+    limit: int | None = None,
+    skipped: list[BadRecord] | None = None,
 ) -> Iterator[Trace]:
     """Read a GSM8K Socratic file as gold traces.
 
@@ -130,10 +131,18 @@ def import_gsm8k_socratic(
 
     Args:
         path: A ``*_socratic.jsonl`` file (``question``, ``answer`` fields).
-        limit: Read at most this many records.
+        limit: Read at most this many records (bad ones included).
+        skipped: Without it, the first bad record raises
+            :class:`~.tracing.import_results.BadRecordError` (a ``ValueError``). With a
+            list, bad records are skipped, each appended to it as a ``BadRecord``
+            (``line 7: ...``), and every good one is imported.
 
     Yields:
         One trace per question, in file order.
+
+    Raises:
+        BadRecordError: A bad record, when ``skipped`` is None.
+        FileNotFoundError: No such file.
 
     Example:
         >>> traces = import_gsm8k_socratic("../shared/data/gsm8k/train_socratic.jsonl", limit=1)
@@ -141,13 +150,13 @@ def import_gsm8k_socratic(
         'How many clips did Natalia sell in May?'
 
     """
-    for number, raw, row in _rows(path, limit):
-        where = f"{path}:{number}"
-        _require(row, ("question", "answer"), where, "GSM8K Socratic")
+
+    def convert(number: int, raw: str, row: Any) -> Trace:
+        _require(row, ("question", "answer"), "GSM8K Socratic")
         text = str(row["answer"])
         if "####" not in text:
-            msg = f"{where}: the answer has no final '#### N' line; is this a GSM8K file?"
-            raise ValueError(msg)
+            msg = "the answer has no final '#### N' line; is this a GSM8K file?"
+            raise _RecordError(msg)
         body, final = text.rsplit("####", 1)
         reference = _number_text(final)
         sub_questions: list[str] = []
@@ -161,8 +170,8 @@ def import_gsm8k_socratic(
             steps.append(_clean_step(step if sep else line))
         numbered = [f"{i}. {step}" for i, step in enumerate(filter(None, steps), start=1)]
         solution = "\n".join([*numbered, f"{ANSWER_MARKER} {reference}"])
-        yield Trace(
-            trace_id=_trace_id("gsm8k-socratic", raw),
+        return Trace(
+            trace_id=trace_id("gsm8k-socratic", raw),
             source="gsm8k-socratic",
             question=str(row["question"]).strip(),
             reference=reference,
@@ -173,36 +182,54 @@ def import_gsm8k_socratic(
             metadata={"file": Path(path).name, "line": number},
         )
 
+    return _records(path, limit, skipped, convert)
 
-def import_strategyqa(path: str | os.PathLike[str], *, limit: int | None = None) -> Iterator[Trace]:
+
+def import_strategyqa(
+    path: str | os.PathLike[str],
+    *,
+    limit: int | None = None,
+    skipped: list[BadRecord] | None = None,
+) -> Iterator[Trace]:
     """Read a StrategyQA file as gold traces.
 
     ``decomposition`` gives the sub-questions; the ``facts`` (when present) and
     ``The answer is: yes|no`` make the solver text; the boolean ``answer`` becomes
     ``reference`` and ``answer`` (``yes``/``no``). ``source`` is ``strategyqa``.
 
+    Args:
+        path: A StrategyQA JSONL file (``question``, ``answer``, ``decomposition``).
+        limit: Read at most this many records (bad ones included).
+        skipped: Without it, the first bad record raises
+            :class:`~.tracing.import_results.BadRecordError` (a ``ValueError``). With a
+            list, bad records are skipped, each appended to it as a ``BadRecord``
+            (``line 7: ...``), and every good one is imported.
+
     Example:
         >>> next(import_strategyqa("../shared/data/strategyqa/dev.jsonl")).answer  # doctest: +SKIP
         'no'
 
     """
-    for number, raw, row in _rows(path, limit):
-        where = f"{path}:{number}"
-        _require(row, ("question", "answer", "decomposition"), where, "StrategyQA")
+
+    def convert(number: int, raw: str, row: Any) -> Trace:
+        _require(row, ("question", "answer", "decomposition"), "StrategyQA")
         answer = row["answer"]
         if isinstance(answer, str) and answer.strip().lower() in {"yes", "no", "true", "false"}:
             answer = answer.strip().lower() in {"yes", "true"}
         if not isinstance(answer, bool):
-            msg = f"{where}: 'answer' must be a boolean (or yes/no), got {answer!r}."
-            raise ValueError(msg)
+            msg = f"'answer' must be a boolean (or yes/no), got {answer!r}."
+            raise _RecordError(msg)
         reference = "yes" if answer else "no"
         facts = [" ".join(str(f).split()) for f in row.get("facts") or [] if str(f).strip()]
         solution = "\n".join([*facts, f"{ANSWER_MARKER} {reference}"])
         metadata: dict[str, Any] = {"file": Path(path).name, "line": number}
         if row.get("id"):
             metadata["id"] = str(row["id"])
-        yield Trace(
-            trace_id=_trace_id("strategyqa", raw),
+        if not isinstance(row["decomposition"], list):
+            msg = f"'decomposition' must be a list of sub-questions, got {row['decomposition']!r}."
+            raise _RecordError(msg)
+        return Trace(
+            trace_id=trace_id("strategyqa", raw),
             source="strategyqa",
             question=str(row["question"]).strip(),
             reference=reference,
@@ -214,6 +241,8 @@ def import_strategyqa(path: str | os.PathLike[str], *, limit: int | None = None)
             score=1.0,
             metadata=metadata,
         )
+
+    return _records(path, limit, skipped, convert)
 
 
 _SUB_QUESTIONS = "\n\nSub-questions:\n"
@@ -255,6 +284,7 @@ def import_openai_chat(
     *,
     node: Node = "auto",
     limit: int | None = None,
+    skipped: list[BadRecord] | None = None,
 ) -> Iterator[Trace]:
     """Read OpenAI chat-format JSONL (``{"messages": [...]}`` per line) as traces.
 
@@ -265,6 +295,15 @@ def import_openai_chat(
     other a decomposer call. Optional ``reference`` and ``metadata`` keys on a
     line are kept. ``source`` is ``openai-chat``.
 
+    Args:
+        path: The JSONL file.
+        node: Which node's call each line is, or ``auto`` (by the answer marker).
+        limit: Read at most this many records (bad ones included).
+        skipped: Without it, the first bad record raises
+            :class:`~.tracing.import_results.BadRecordError` (a ``ValueError``). With a
+            list, bad records are skipped, each appended to it as a ``BadRecord``
+            (``line 7: ...``), and every good one is imported.
+
     Example:
         >>> traces = list(import_openai_chat("decomposer_ft.jsonl"))  # doctest: +SKIP
 
@@ -272,20 +311,20 @@ def import_openai_chat(
     if node not in ("auto", "decomposer", "solver"):
         msg = f"node must be 'auto', 'decomposer' or 'solver', got {node!r}."
         raise ValueError(msg)
-    for number, raw, row in _rows(path, limit):
-        where = f"{path}:{number}"
-        _require(row, ("messages",), where, "chat")
+
+    def convert(number: int, raw: str, row: Any) -> Trace:
+        _require(row, ("messages",), "chat")
         messages = row["messages"]
         if not isinstance(messages, list) or not all(
             isinstance(m, dict) and "role" in m for m in messages
         ):
-            msg = f"{where}: 'messages' must be a list of {{'role', 'content'}} objects."
-            raise ValueError(msg)
+            msg = "'messages' must be a list of {'role', 'content'} objects."
+            raise _RecordError(msg)
         last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
         users = [m for m in messages[: last or 0] if m["role"] == "user"]
         if last is None or not users:
-            msg = f"{where}: a chat record needs a user message followed by an assistant reply."
-            raise ValueError(msg)
+            msg = "a chat record needs a user message followed by an assistant reply."
+            raise _RecordError(msg)
         output = _content_text(messages[last].get("content"))
         question, context, listed = _read_user_block(_content_text(users[-1].get("content")))
         kind = node
@@ -295,7 +334,7 @@ def import_openai_chat(
         reference = row.get("reference")
         metadata = row.get("metadata") if isinstance(row.get("metadata"), dict) else {}
         trace = Trace(
-            trace_id=_trace_id("openai-chat", raw),
+            trace_id=trace_id("openai-chat", raw),
             source="openai-chat",
             question=question,
             context=context,
@@ -310,364 +349,92 @@ def import_openai_chat(
             metadata={**scrub_secrets(metadata), "file": Path(path).name, "line": number},
         )
         trace.score = score_trace(trace)
-        yield trace
+        return trace
+
+    return _records(path, limit, skipped, convert)
 
 
-# ------------------------------------------------------------------ LangChain / LangSmith runs
-_RUN_TYPES_WITH_MODEL_OUTPUT = ("llm", "chat_model")
-_BUFFER_ROLE = re.compile(r"^(System|Human|AI|Tool|Function): ", re.MULTILINE)
-_BUFFER_ROLES = {
-    "System": "system",
-    "Human": "user",
-    "AI": "assistant",
-    "Tool": "tool",
-    "Function": "function",
-}
-_LC_MESSAGE_TYPES = {
-    "SystemMessage": "system",
-    "HumanMessage": "human",
-    "AIMessage": "ai",
-    "AIMessageChunk": "AIMessageChunk",
-    "ToolMessage": "tool",
-    "ChatMessage": "chat",
-    "FunctionMessage": "function",
-}
+def import_file(
+    importer: str,
+    path: str | os.PathLike[str],
+    store: TraceStore | str | os.PathLike[str],
+    *,
+    limit: int | None = None,
+    strict: bool = False,
+) -> ImportResult:
+    """Import a file into a trace store: what ``divconq import IMPORTER PATH`` runs.
 
+    Good records are written (traces already in the store, or earlier in the
+    file, are counted as duplicates and not written again); bad ones are skipped
+    and listed in the result, located by 1-based line (JSONL) or ``run 3 (index 2)``
+    (JSON array).
 
-def _load_runs(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Read Run objects from JSON (a list, or one object) or JSONL (one run per line)."""
-    file = Path(path)
-    if not file.is_file():
-        msg = f"No such file to import: {file}. Pass a JSON or JSONL file of LangChain runs."
-        raise FileNotFoundError(msg)
-    text = file.read_text(encoding="utf-8")
-    data: Any = None
-    if text.lstrip().startswith(("[", "{")):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            if text.lstrip().startswith("["):
-                msg = f"{file} is not valid JSON ({exc}); is the file truncated?"
-                raise ValueError(msg) from exc
-    if data is None:
-        data = [row for _, _, row in _rows(file, None)]
-    runs = data if isinstance(data, list) else [data]
-    flat: list[dict[str, Any]] = []
-
-    def add(run: Any, parent: str | None, where: str) -> None:
-        if not isinstance(run, dict) or "id" not in run:
-            got = sorted(run) if isinstance(run, dict) else type(run).__name__
-            msg = (
-                f"{where} is not a run (expected a LangChain/LangSmith Run object with an "
-                f"'id', as Run.model_dump() writes it; got {got})."
-            )
-            raise ValueError(msg)
-        run = dict(run)
-        if parent is not None and not run.get("parent_run_id"):
-            run["parent_run_id"] = parent
-        flat.append(run)
-        for i, child in enumerate(run.pop("child_runs", None) or []):
-            add(child, str(run["id"]), f"{where} child {i}")
-
-    for i, run in enumerate(runs):
-        add(run, None, f"{file} run {i}")
-    return flat
-
-
-def _extra_metadata(run: dict[str, Any]) -> dict[str, Any]:
-    extra = run.get("extra") or {}
-    metadata = extra.get("metadata") if isinstance(extra, dict) else None
-    if not isinstance(metadata, dict):
-        metadata = run.get("metadata")
-    return dict(metadata) if isinstance(metadata, dict) else {}
-
-
-def _node_label(run: dict[str, Any], parent: dict[str, Any] | None) -> str | None:
-    label = _extra_metadata(run).get(NODE_METADATA_KEY)
-    if isinstance(label, str):
-        return label
-    name = run.get("name")
-    if name in ("decomposer", "solver") and parent is not None and _is_root(parent, []):
-        return str(name)
-    return None
-
-
-def _is_root(run: dict[str, Any], children: list[dict[str, Any]]) -> bool:
-    label = _extra_metadata(run).get(NODE_METADATA_KEY)
-    if label is not None:
-        return label == "chain"
-    return any(child.get("name") in ("decomposer", "solver") for child in children)
-
-
-def _error_from_run(text: Any) -> str | None:
-    """``Type: message`` from a run's error (``repr(error)`` followed by the traceback)."""
-    if not text:
-        return None
-    text = str(text)
-    head = text.split("Traceback (most recent call last):", 1)[0].strip()
-    match = re.fullmatch(r"([A-Za-z_][\w.]*)\((.*)\)", head, re.DOTALL)
-    if match:
-        try:
-            value = ast.literal_eval(match.group(2)) if match.group(2) else ""
-        except (ValueError, SyntaxError):
-            value = None
-        if value is not None:
-            return f"{match.group(1).rsplit('.', 1)[-1]}: {value}"
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else text
-
-
-def _lc_message(data: Any) -> BaseMessage | None:
-    if isinstance(data, BaseMessage):
-        return data
-    if not isinstance(data, dict):
-        return None
-    if data.get("lc") == 1 and isinstance(data.get("kwargs"), dict):
-        kind = _LC_MESSAGE_TYPES.get(str((data.get("id") or [""])[-1]))
-        kwargs = dict(data["kwargs"])
-        kind = kind or kwargs.get("type")
-        if not kind:
-            return None
-        kwargs.pop("type", None)
-        return messages_from_dict([{"type": kind, "data": kwargs}])[0]
-    if "role" in data or "type" in data:
-        try:
-            return convert_to_messages([data])[0]
-        except (ValueError, NotImplementedError, KeyError):
-            return None
-    return None
-
-
-def _buffer_messages(prompt: str) -> list[dict[str, Any]]:
-    """Split a ``get_buffer_string`` prompt (``System: ...\nHuman: ...``) into messages."""
-    starts = list(_BUFFER_ROLE.finditer(prompt))
-    if not starts or starts[0].start() != 0:
-        return [{"role": "user", "content": prompt}]
-    messages = []
-    for match, after in zip(starts, [*starts[1:], None], strict=True):
-        end = after.start() - 1 if after is not None else len(prompt)
-        content = prompt[match.end() : max(end, match.end())]
-        messages.append({"role": _BUFFER_ROLES[match.group(1)], "content": content})
-    return messages
-
-
-def _run_messages(run: dict[str, Any]) -> list[dict[str, Any]]:
-    inputs = run.get("inputs") or {}
-    batches = inputs.get("messages")
-    if isinstance(batches, list) and batches:
-        prompt = batches[0] if isinstance(batches[0], list) else batches
-        messages = [m for m in (_lc_message(item) for item in prompt) if m is not None]
-        return [dict(m) for m in convert_to_openai_messages(messages)]
-    prompts = inputs.get("prompts")
-    if isinstance(prompts, list) and prompts:
-        return _buffer_messages(str(prompts[0]))
-    return []
-
-
-def _run_result(run: dict[str, Any]) -> LLMResult | None:
-    outputs = run.get("outputs") or {}
-    generations = outputs.get("generations")
-    if not isinstance(generations, list):
-        return None
-    rows: list[list[Generation]] = []
-    for batch in generations:
-        row: list[Generation] = []
-        for item in batch if isinstance(batch, list) else [batch]:
-            if not isinstance(item, dict):
-                continue
-            message = _lc_message(item.get("message"))
-            info = item.get("generation_info")
-            if message is not None:
-                row.append(ChatGeneration(message=message, generation_info=info))
-            else:
-                row.append(Generation(text=str(item.get("text") or ""), generation_info=info))
-        rows.append(row)
-    llm_output = outputs.get("llm_output")
-    return LLMResult(
-        generations=rows, llm_output=llm_output if isinstance(llm_output, dict) else None
-    )
-
-
-def _seconds(run: dict[str, Any]) -> float | None:
-    try:
-        start = datetime.fromisoformat(str(run["start_time"]))
-        end = datetime.fromisoformat(str(run["end_time"]))
-    except (KeyError, TypeError, ValueError):
-        return None
-    return max((end - start).total_seconds(), 0.0)
-
-
-def _node_call(node: dict[str, Any], calls: list[dict[str, Any]]) -> NodeCall:
-    """Rebuild a node's call as :class:`TraceRecorder` records it (the last model call wins)."""
-    messages: list[dict[str, Any]] = []
-    params: dict[str, Any] = {}
-    model_name: str | None = None
-    llm_output: str | None = None
-    usage: TokenUsage | None = None
-    for call in calls:
-        extra = call.get("extra") or {}
-        invocation = extra.get("invocation_params") if isinstance(extra, dict) else None
-        invocation = invocation if isinstance(invocation, dict) else {}
-        messages = _run_messages(call)
-        params = scrub_secrets(invocation)
-        name = _recorder_model_name(_extra_metadata(call), invocation)
-        model_name = name or model_name
-        response = _run_result(call)
-        if response is None:
-            continue
-        text = _recorder_response_text(response)
-        found = reported_usage(response)
-        if found is None:
-            prompt = "\n".join(_recorder_content_text(m.get("content")) for m in messages)
-            inputs, outputs = estimate_tokens(prompt), estimate_tokens(text)
-            found = TokenUsage(
-                input_tokens=inputs,
-                output_tokens=outputs,
-                total_tokens=inputs + outputs,
-                estimated=True,
-            )
-        llm_output = text
-        usage = found if usage is None else _added(usage, found)
-        if name is None:
-            model_name = model_name or _recorder_response_model(response)
-    output: str | None = None
-    error = _error_from_run(node.get("error"))
-    if node.get("run_type") in _RUN_TYPES_WITH_MODEL_OUTPUT:
-        output = llm_output if not error else None
-    elif not error and node.get("outputs") is not None:
-        output = _recorder_output_text(node.get("outputs"))
-    return NodeCall(
-        model_name=model_name,
-        messages=messages,
-        output=output if output is not None else llm_output,
-        usage=usage,
-        latency_s=_seconds(node),
-        error=error,
-        run_id=str(node["id"]),
-        params=params,
-    )
-
-
-def _added(a: TokenUsage, b: TokenUsage) -> TokenUsage:
-    return TokenUsage(
-        input_tokens=a.input_tokens + b.input_tokens,
-        output_tokens=a.output_tokens + b.output_tokens,
-        total_tokens=a.total_tokens + b.total_tokens,
-        estimated=a.estimated or b.estimated,
-    )
-
-
-def import_langsmith_runs(
-    path: str | os.PathLike[str], *, limit: int | None = None
-) -> Iterator[Trace]:
-    """Read LangChain/LangSmith run trees (``Run`` objects as JSON) as traces.
-
-    Users who already trace with LangSmith (or collect runs with
-    ``langchain_core.tracers.run_collector.RunCollectorCallbackHandler``) can
-    distill from what they have. The file holds runs as ``Run.model_dump()``
-    writes them: one per line (JSONL), or a JSON list (or one object). Child runs
-    may be nested (``child_runs``) or flat, linked by ``parent_run_id`` (a
-    LangSmith export). Every :class:`~langchain_divconq.chain.DivConqChain` run in
-    it (the run whose metadata has ``divconq_node="chain"``, or, without that
-    metadata, a run with child runs named ``decomposer``/``solver``), wherever it
-    is nested, becomes one trace, built as :class:`TraceRecorder` builds it: the
-    question, context, sub-questions, solution and answer from the chain run's
-    inputs and outputs, and per node the model's messages, output, parameters,
-    usage and error. ``reference`` in the run's metadata is the gold answer and
-    scores the trace. Prompts recorded as text (``System: ...\nHuman: ...``, by
-    tracers without the chat schema) are split back into messages. Trace ids
-    derive from the run ids, so importing a file twice adds nothing the second
-    time; ``source`` is ``langsmith-runs``; secrets are scrubbed as the recorder does.
+    The rule for ``strict=True``: a file imports whole or not at all. The first
+    bad record stops the import and *nothing* is written, not even the good
+    records before it, so a fixed file can simply be imported again. (Without
+    ``strict``, the good records are written in batches as they are read.)
 
     Args:
-        path: The JSON or JSONL file.
-        limit: Yield at most this many traces.
+        importer: A key of :data:`IMPORTERS` (``gsm8k-socratic``, ``langsmith-runs``, ...).
+        path: The file to import.
+        store: A trace store, or its spec (``traces.jsonl``, ``sqlite:///traces.db``),
+            which is opened (created if missing) and closed again.
+        limit: Passed to the importer (records to read; traces for ``langsmith-runs``).
+        strict: Stop at the first bad record and write nothing.
+
+    Returns:
+        The counts and the bad records; ``result.ok`` is False when any record was bad.
 
     Raises:
-        ValueError: A line is not valid JSON or not a run, or no chain run is found.
+        ValueError: An unknown importer, or a file with nothing to import at all (e.g.
+            no chain run in ``langsmith-runs``).
+        FileNotFoundError: No such file.
 
     Example:
-        .. code-block:: python
-
-            collector = RunCollectorCallbackHandler()
-            chain.invoke("Q?", {"callbacks": [collector]})
-            runs, todo = [], list(collector.traced_runs)
-            while todo:  # every run, flat, linked by parent_run_id
-                run = todo.pop()
-                runs.append(run.model_dump(mode="json"))
-                todo.extend(run.child_runs)
-            Path("runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
-            traces = list(import_langsmith_runs("runs.jsonl"))
+        >>> result = import_file("gsm8k-socratic", "socratic.jsonl", "t.jsonl")  # doctest: +SKIP
+        >>> result.summary()  # doctest: +SKIP
+        'imported 7472, skipped 1 (line 12: not valid JSON (...))'
 
     """
-    if limit is not None and limit < 0:
-        msg = f"limit must be >= 0 or None, got {limit}."
+    if importer not in IMPORTERS:
+        msg = f"Unknown importer {importer!r}; pick one of {sorted(IMPORTERS)}."
         raise ValueError(msg)
-    runs = _load_runs(path)
-    by_id = {str(run["id"]): run for run in runs}
-    children: dict[str, list[dict[str, Any]]] = {}
-    for run in runs:
-        parent = run.get("parent_run_id")
-        if parent is not None:
-            children.setdefault(str(parent), []).append(run)
-    for kids in children.values():
-        kids.sort(key=lambda r: (str(r.get("dotted_order") or ""), str(r.get("start_time") or "")))
-    roots = [run for run in runs if _is_root(run, children.get(str(run["id"]), []))]
-    if not roots:
-        names = sorted({str(run.get("name")) for run in runs})[:10]
-        noun = "run" if len(runs) == 1 else "runs"
-        msg = (
-            f"{path}: no DivConqChain run found among {len(runs)} {noun} (names: {names}). "
-            f"A chain run has metadata {NODE_METADATA_KEY}='chain' or child runs named "
-            "'decomposer' and 'solver'; export the runs of a DivConqChain."
-        )
-        raise ValueError(msg)
-    roots.sort(key=lambda r: str(r.get("start_time") or ""))
-    for count, root in enumerate(roots):
-        if limit is not None and count >= limit:
-            return
-        yield _trace_from_root(root, children, by_id)
+    check_limit(limit)
+    target = store if isinstance(store, TraceStore) else open_store(store)
+    try:
+        return _import_into(IMPORTERS[importer], path, target, limit=limit, strict=strict)
+    finally:
+        if target is not store:
+            target.close()
 
 
-def _trace_from_root(
-    root: dict[str, Any],
-    children: dict[str, list[dict[str, Any]]],
-    by_id: dict[str, dict[str, Any]],
-) -> Trace:
-    nodes: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
-
-    def visit(run: dict[str, Any], parent: dict[str, Any], node: str | None) -> None:
-        label = _node_label(run, parent)
-        if label == "chain":
-            return  # another chain run nested inside: it is a trace of its own
-        if label in ("decomposer", "solver"):
-            node = label
-            nodes[label] = (run, [])
-        if node is not None and run.get("run_type") in _RUN_TYPES_WITH_MODEL_OUTPUT:
-            nodes[node][1].append(run)
-        for child in children.get(str(run["id"]), []):
-            visit(child, run, node)
-
-    for child in children.get(str(root["id"]), []):
-        visit(child, root, None)
-    calls = {name: _node_call(run, llms) for name, (run, llms) in nodes.items()}
-    created = root.get("start_time")
-    trace = chain_trace(
-        root.get("inputs") or {},
-        root.get("outputs"),
-        _extra_metadata(root),
-        root.get("tags") or [],
-        decomposer=calls.get("decomposer"),
-        solver=calls.get("solver"),
-        error=_error_from_run(root.get("error")),
-        run_id=str(root["id"]),
-        trace_id=_trace_id("langsmith-runs", str(root["id"])),
-        source="langsmith-runs",
-        **({"created_at": created} if created else {}),
-    )
-    if trace.reference is not None:
-        trace.score = score_trace(trace)
-    return scrub_trace(trace)
+def _import_into(
+    read: Callable[..., Iterator[Trace]],
+    path: str | os.PathLike[str],
+    store: TraceStore,
+    *,
+    limit: int | None,
+    strict: bool,
+) -> ImportResult:
+    result = ImportResult(path=os.fspath(path))
+    errors: list[BadRecord] | None = None if strict else []
+    known = store.trace_ids()
+    batch: list[Trace] = []
+    try:
+        for trace in read(path, limit=limit, skipped=errors):
+            if trace.trace_id in known:
+                result.duplicates += 1
+                continue
+            known.add(trace.trace_id)
+            batch.append(trace)
+            if not strict and len(batch) >= _WRITE_BATCH:
+                result.imported += store.add_many(batch)
+                batch = []
+    except BadRecordError as exc:  # strict: nothing of this file is written
+        return ImportResult(path=result.path, errors=[exc.record], stopped=True)
+    result.imported += store.add_many(batch)
+    result.errors = in_file_order(errors or [])
+    return result
 
 
 IMPORTERS: dict[str, Callable[..., Iterator[Trace]]] = {
@@ -676,4 +443,4 @@ IMPORTERS: dict[str, Callable[..., Iterator[Trace]]] = {
     "openai-chat": import_openai_chat,
     "langsmith-runs": import_langsmith_runs,
 }
-"""Importer by name, as ``divconq import NAME PATH`` takes it."""
+"""Importer by name, as ``divconq import NAME PATH`` takes it (each takes limit, skipped)."""

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from langchain_core.messages import BaseMessage, convert_to_openai_messages
 
+from langchain_divconq.cli.router import main
 from langchain_divconq.prompts import (
     ANSWER_MARKER,
     decomposer_messages,
@@ -17,11 +18,17 @@ from langchain_divconq.prompts import (
     solver_messages,
 )
 from langchain_divconq.tracing.importers import (
+    IMPORTERS,
+    BadRecord,
+    BadRecordError,
+    ImportResult,
+    import_file,
     import_gsm8k_socratic,
     import_openai_chat,
     import_strategyqa,
 )
 from langchain_divconq.tracing.scoring import default_checker, rescore, score_trace
+from langchain_divconq.tracing.store import JsonlTraceStore, SqliteTraceStore
 from langchain_divconq.tracing.trace import NodeCall, Trace
 from langchain_divconq.training.exporters import export_openai_jsonl, export_trl_jsonl, to_dataset
 
@@ -215,3 +222,127 @@ def test_rescore_with_default_and_custom_checkers() -> None:
 )
 def test_default_checker(text: str, gold: str, expected: float) -> None:
     assert default_checker(text, gold) == expected
+
+
+# ------------------------------------------------------------- bad records: skip, count, stop
+_GOOD = {
+    "gsm8k-socratic": _ROW,
+    "strategyqa": {"question": "Is water wet?", "answer": True, "decomposition": ["Wet?"]},
+    "openai-chat": {
+        "messages": [
+            {"role": "user", "content": "Hi?"},
+            {"role": "assistant", "content": "The answer is: 1"},
+        ]
+    },
+}
+_BAD = {
+    "gsm8k-socratic": ({"question": "Q?", "answer": "no final line"}, "#### N"),
+    "strategyqa": ({"question": "Q?", "answer": "maybe", "decomposition": []}, "boolean"),
+    "openai-chat": ({"messages": [{"role": "user", "content": "x"}]}, "assistant reply"),
+}
+
+
+def _mixed(path: Path, fmt: str, size: int, bad_lines: dict[int, str]) -> Path:
+    """``size`` good records (distinct), with the given 1-based lines replaced by bad text."""
+    lines = []
+    for i in range(size):
+        row = json.loads(json.dumps(_GOOD[fmt]))
+        if fmt == "openai-chat":
+            row["messages"][0]["content"] = f"Question {i}?"
+        else:
+            row["question"] = f"Question {i}?"
+        lines.append(json.dumps(row))
+    for number, text in bad_lines.items():
+        lines[number - 1] = text
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("fmt", sorted(_BAD))
+def test_every_importer_keeps_the_good_records_and_locates_the_bad(
+    tmp_path: Path, fmt: str
+) -> None:
+    bad_row, reason = _BAD[fmt]
+    path = _mixed(tmp_path / "f.jsonl", fmt, 6, {2: '{"question": "cut', 5: json.dumps(bad_row)})
+    read = IMPORTERS[fmt]
+    with pytest.raises(BadRecordError, match=r"f\.jsonl:2: not valid JSON") as caught:
+        list(read(path))
+    assert isinstance(caught.value, ValueError) and caught.value.record.line == 2
+    skipped: list[BadRecord] = []
+    traces = list(read(path, skipped=skipped))
+    assert [t.metadata["line"] for t in traces] == [1, 3, 4, 6]
+    assert [(b.where, b.line) for b in skipped] == [("line 2", 2), ("line 5", 5)]
+    assert "not valid JSON" in skipped[0].message and reason in skipped[1].message
+    assert str(skipped[1]).startswith("line 5: ")
+
+
+def test_data_of_the_wrong_shape_is_a_bad_record_not_a_crash(tmp_path: Path) -> None:
+    rows = [
+        {"question": "Q?", "answer": True, "decomposition": 5},
+        {"question": "Q?", "answer": True, "decomposition": ["a"], "facts": 3},
+        _GOOD["strategyqa"],
+    ]
+    skipped: list[BadRecord] = []
+    traces = list(import_strategyqa(_write(tmp_path / "s.jsonl", rows), skipped=skipped))
+    assert len(traces) == 1 and [b.line for b in skipped] == [1, 2]
+    assert "'decomposition' must be a list" in skipped[0].message
+    assert skipped[1].message.startswith("TypeError: ")
+
+
+def test_import_file_counts_and_the_strict_rule(tmp_path: Path) -> None:
+    path = _mixed(tmp_path / "g.jsonl", "gsm8k-socratic", 20, {3: "{", 9: "[]", 12: "null"})
+    store = tmp_path / "t.jsonl"
+    result = import_file("gsm8k-socratic", path, store)
+    assert (result.imported, result.duplicates, result.skipped, result.ok) == (17, 0, 3, False)
+    assert [b.line for b in result.errors] == [3, 9, 12]
+    assert result.summary().startswith("imported 17, skipped 3 (line 3: not valid JSON")
+    assert len(JsonlTraceStore(store)) == 17
+    again = import_file("gsm8k-socratic", path, store)
+    assert (again.imported, again.duplicates, again.skipped) == (0, 17, 3)
+    # strict: the first bad record stops it, and nothing of the file is written.
+    fresh = tmp_path / "strict.jsonl"
+    stopped = import_file("gsm8k-socratic", path, fresh, strict=True)
+    assert stopped.stopped and stopped.imported == 0 and [b.line for b in stopped.errors] == [3]
+    assert not fresh.exists()
+    assert "stopped at line 3" in stopped.summary() and "nothing imported" in stopped.summary()
+    clean = _mixed(tmp_path / "ok.jsonl", "gsm8k-socratic", 4, {})
+    done = import_file("gsm8k-socratic", clean, fresh, strict=True)
+    assert done.ok and done.imported == 4 and len(JsonlTraceStore(fresh)) == 4
+    with pytest.raises(ValueError, match="Unknown importer"):
+        import_file("csv", clean, fresh)
+
+
+def test_summary_caps_the_listed_errors() -> None:
+    errors = [BadRecord.at_line(n, f"bad {n}." + "x" * 400) for n in range(1, 9)]
+    text = ImportResult("f.jsonl", imported=2, errors=errors).summary()
+    assert text.startswith("imported 2, skipped 8 (line 1: bad 1")
+    assert "line 5: bad 5" in text and "line 6:" not in text and text.endswith("; and 3 more)")
+    assert len(text) < 1600  # each listed message is cut
+    assert str(BadRecord.at_index(2, "x")) == "run 3 (index 2): x"
+
+
+def test_cli_import_skips_bad_lines_exits_1_and_strict_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = {7: '{"question": ', 12: json.dumps({"text": "x"}), 2400: "not json"}
+    path = _mixed(tmp_path / "g.jsonl", "gsm8k-socratic", 2500, bad)
+    with path.open("a") as handle:
+        handle.write('{"question": "torn')  # a cut-off last line
+    store = tmp_path / "t.jsonl"
+    argv = ["import", "gsm8k-socratic", str(path), "--store", str(store)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "imported 2497 gsm8k-socratic trace(s)" in err
+    assert "skipped 4 (line 7: not valid" in err
+    assert "line 12: a GSM8K Socratic record needs the keys" in err
+    assert "line 2501: not valid JSON" in err and "torn last line" in err
+    assert len(JsonlTraceStore(store)) == 2497
+    strict = tmp_path / "s.db"
+    assert main([*argv[:3], "--store", f"sqlite:///{strict}", "--strict"]) == 1
+    err = capsys.readouterr().err
+    assert "stopped at line 7" in err and "nothing imported" in err
+    assert len(SqliteTraceStore(strict)) == 0
+    clean = _mixed(tmp_path / "ok.jsonl", "gsm8k-socratic", 3, {})
+    other = tmp_path / "other.jsonl"
+    assert main(["import", "gsm8k-socratic", str(clean), "--store", str(other), "--strict"]) == 0
+    assert "imported 3 gsm8k-socratic" in capsys.readouterr().out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,13 @@ from langchain_core.tracers.run_collector import RunCollectorCallbackHandler
 
 from langchain_divconq import create_divconq_chain
 from langchain_divconq.cli.router import main
-from langchain_divconq.tracing.importers import IMPORTERS, import_langsmith_runs
+from langchain_divconq.tracing.importers import (
+    DUMP_HINT,
+    IMPORTERS,
+    BadRecord,
+    BadRecordError,
+    import_langsmith_runs,
+)
 from langchain_divconq.tracing.recorder import TraceRecorder
 from langchain_divconq.tracing.store import JsonlTraceStore
 from langchain_divconq.tracing.trace import Trace
@@ -171,3 +178,172 @@ def test_bad_input_is_a_clear_error(tmp_path: Path, text: str, expected: str) ->
     path.write_text(text)
     with pytest.raises(ValueError, match=expected):
         list(import_langsmith_runs(path))
+
+
+# ------------------------------------------------ bad records and dumps without child runs
+def _chain() -> Any:
+    return create_divconq_chain(
+        FakeListChatModel(responses=[DECOMPOSITION]), FakeListChatModel(responses=[SOLUTION])
+    )
+
+
+def _collected(*questions: str) -> RunCollectorCallbackHandler:
+    collector = RunCollectorCallbackHandler()
+    chain = _chain()
+    for question in questions:
+        chain.invoke(question, {"callbacks": [collector]})
+    return collector
+
+
+def test_json_array_bad_run_is_numbered_from_one_with_its_index(tmp_path: Path) -> None:
+    collector = _collected("Q1?", "Q2?")
+    first, second = (_nested(root) for root in collector.traced_runs)
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps([first, {"name": "no id"}, second]))
+    with pytest.raises(BadRecordError, match=r"runs\.json run 2 \(index 1\): it is not a run"):
+        list(import_langsmith_runs(path))
+    skipped: list[BadRecord] = []
+    traces = list(import_langsmith_runs(path, skipped=skipped))
+    assert sorted(t.question for t in traces) == ["Q1?", "Q2?"]
+    assert [(b.where, b.index, b.line) for b in skipped] == [("run 2 (index 1)", 1, None)]
+    # A bad run deep inside a tree rejects that tree only, saying where in it.
+    first["child_runs"][0]["child_runs"] = [7]
+    path.write_text(json.dumps([first, second]))
+    skipped = []
+    assert [t.question for t in import_langsmith_runs(path, skipped=skipped)] == ["Q2?"]
+    assert skipped[0].where == "run 1 (index 0)"
+    assert "child run child_runs[0]child_runs[0] is not a run" in skipped[0].message
+
+
+def test_cut_json_array_keeps_the_whole_runs_before_the_cut(tmp_path: Path) -> None:
+    collector = _collected("Q1?", "Q2?", "Q3?")
+    text = json.dumps([_nested(root) for root in collector.traced_runs])
+    path = tmp_path / "runs.json"
+    path.write_text(text[: len(text) - 40])  # a download cut in the third run
+    skipped: list[BadRecord] = []
+    traces = list(import_langsmith_runs(path, skipped=skipped))
+    assert [t.question for t in traces] == ["Q1?", "Q2?"]
+    assert len(skipped) == 1 and skipped[0].where == "run 3 (index 2)"
+    assert "not valid JSON" in skipped[0].message and "cut" in skipped[0].message
+
+
+def test_jsonl_bad_lines_are_skipped_by_line_number(tmp_path: Path) -> None:
+    collector = _collected("Q1?", "Q2?")
+    lines = [json.dumps(r) for r in _flat(collector)]
+    lines.insert(2, '{"id": "torn')  # becomes line 3
+    lines.insert(5, "[1, 2]")  # line 6
+    path = tmp_path / "runs.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    skipped: list[BadRecord] = []
+    traces = list(import_langsmith_runs(path, skipped=skipped))
+    assert sorted(t.question for t in traces) == ["Q1?", "Q2?"]
+    assert all(t.decomposer and t.decomposer.output == DECOMPOSITION for t in traces)
+    assert [(b.line, b.where) for b in skipped] == [(3, "line 3"), (6, "line 6")]
+    assert "not valid JSON" in skipped[0].message and "not a run" in skipped[1].message
+
+
+def _walk_dump(run: Any) -> list[Any]:
+    # The one-liner of DUMP_HINT, run as written there.
+    code = DUMP_HINT.split("`")[1]
+    namespace: dict[str, Any] = {}
+    exec(code, namespace)  # the hint's own code, checked to work
+    dumped: list[Any] = namespace["dump"](run)
+    return dumped
+
+
+@pytest.mark.parametrize("dump", ["model_dump_json", "dict", "model_dump(exclude=None)"])
+def test_chain_runs_dumped_without_child_runs_are_bad_records(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], dump: str
+) -> None:
+    collector = _collected("Q1?", "Q2?", "Q3?")
+    path = tmp_path / "runs.jsonl"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydantic deprecates .dict()
+        rows = {
+            "model_dump_json": lambda r: r.model_dump_json(),
+            "dict": lambda r: json.dumps(r.dict(), default=str),
+            "model_dump(exclude=None)": lambda r: json.dumps(
+                r.model_dump(mode="json", exclude=None)
+            ),
+        }[dump]
+        path.write_text("".join(rows(run) + "\n" for run in collector.traced_runs))
+    # The schema drops child_runs whichever way a root run is dumped.
+    assert "child_runs" not in path.read_text()
+    skipped: list[BadRecord] = []
+    assert list(import_langsmith_runs(path, skipped=skipped)) == []
+    assert [b.where for b in skipped] == ["line 1", "line 2", "line 3"]
+    for bad in skipped:
+        assert "has no decomposer or solver run" in bad.message
+        assert "lost its child runs" in bad.message and "child_runs" in bad.message
+        assert "def dump(run)" in bad.message
+    with pytest.raises(BadRecordError, match=r"runs\.jsonl:1: .*lost its child runs"):
+        list(import_langsmith_runs(path))
+    store = tmp_path / "t.jsonl"
+    assert main(["import", "langsmith-runs", str(path), "--store", str(store)]) == 1
+    err = capsys.readouterr().err
+    assert "imported 0 langsmith-runs" in err and "skipped 3 (line 1: the DivConqChain" in err
+    assert "lost its child runs" in err
+    # The hint's own code dumps them properly: every node survives.
+    path.write_text(
+        "".join(json.dumps(r) + "\n" for root in collector.traced_runs for r in _walk_dump(root))
+    )
+    traces = list(import_langsmith_runs(path))
+    assert len(traces) == 3 and all(t.decomposer and t.solver for t in traces)
+
+
+def test_agent_dumped_without_child_runs_gets_the_hint(tmp_path: Path) -> None:
+    collector = RunCollectorCallbackHandler()
+    chain = _chain()
+    agent = RunnableLambda(lambda q, config: chain.invoke(q, config), name="LangGraph")
+    agent.invoke("Q?", {"callbacks": [collector]})
+    (root,) = collector.traced_runs
+    path = tmp_path / "runs.jsonl"
+    path.write_text(root.model_dump_json() + "\n")
+    with pytest.raises(ValueError, match=r"among 1 run \(names: \['LangGraph'\]\)") as caught:
+        list(import_langsmith_runs(path))
+    assert "dump probably lost them" in str(caught.value)
+    assert "child_runs" in str(caught.value)
+    # Dumped with its child runs, the chain run inside the agent is found.
+    path.write_text("".join(json.dumps(r) + "\n" for r in _walk_dump(root)))
+    (trace,) = import_langsmith_runs(path)
+    assert trace.sub_questions == ["How many clips in May?", "How many clips in all?"]
+
+
+def test_a_chain_run_that_failed_before_its_nodes_is_kept(tmp_path: Path) -> None:
+    run = {
+        "id": "5f0c6f3e-0000-4000-8000-000000000001",
+        "name": "DivConqChain",
+        "run_type": "chain",
+        "start_time": "2026-01-01T00:00:00+00:00",
+        "inputs": {"question": "Q?"},
+        "outputs": None,
+        "error": "ValueError('bad input')",
+        "extra": {"metadata": {"divconq_node": "chain"}},
+    }
+    path = tmp_path / "runs.jsonl"
+    path.write_text(json.dumps(run) + "\n")
+    (trace,) = import_langsmith_runs(path)
+    assert trace.error == "ValueError: bad input" and trace.decomposer is None
+
+
+def _readme_snippet() -> str:
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
+    after = readme.split("**Importing LangSmith runs.**", 1)[1]
+    return after.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_dump_snippet_keeps_the_node_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    snippet = _readme_snippet()
+    assert "RunCollectorCallbackHandler" in snippet and "runs.jsonl" in snippet
+    namespace: dict[str, Any] = {"chain": _chain(), "question": "Natalia sold 48 clips?"}
+    exec(snippet, namespace)  # the README's code, exactly as printed
+    (trace,) = import_langsmith_runs(tmp_path / "runs.jsonl")
+    assert trace.question == "Natalia sold 48 clips?"
+    assert trace.sub_questions == ["How many clips in May?", "How many clips in all?"]
+    assert trace.decomposer is not None and trace.solver is not None
+    assert trace.decomposer.output == DECOMPOSITION and trace.solver.output == SOLUTION
+    assert trace.decomposer.messages and trace.solver.messages
+    assert trace.answer == "72"
