@@ -102,7 +102,10 @@ def _distill(args: argparse.Namespace) -> int:
     from langchain_divconq.training.stores import DATASET_INFO_FILE
 
     logging.getLogger("langchain_divconq").setLevel(logging.INFO)
-    config = config_from_args(args, args.config)
+    # A bare --config name is a packaged recipe (training/recipes.py), usable after pip.
+    from langchain_divconq.training.recipes import find_recipe, resolve_recipe_paths
+
+    config = resolve_recipe_paths(config_from_args(args, find_recipe(args.config)))
     if not config.dataset:
         msg = "No dataset given: set 'dataset:' in the config file or pass --dataset DIR."
         raise ValueError(msg)
@@ -154,6 +157,13 @@ def register_cli(subparsers: Any) -> None:
         help="train a LoRA adapter on a dataset (flags override the --config file)",
         description="LoRA distillation with TRL's SFTTrainer; loss on the completion only.",
     )
-    dist.add_argument("--config", default=None, help="YAML file of DistillConfig fields")
+    dist.add_argument(
+        "--config",
+        default=None,
+        help="YAML file of DistillConfig fields, or a packaged recipe's name (e.g. sd_r)",
+    )
+    from langchain_divconq.training.recipes import add_recipe_arguments
+
+    add_recipe_arguments(dist)  # --list-recipes
     add_config_arguments(dist)
     dist.set_defaults(handler=_distill)
