@@ -30,7 +30,10 @@ faster than ``model.generate(do_sample=False)`` while returning the same tokens:
   moment it returns ``True`` (see :func:`decomposer_stop`, which stops once the
   sentinel or enough sub-question lines are out).
 - **Batches** decode together in one loop (left padding, the same masks and
-  positions as ``generate``); finished rows leave the batch at once.
+  positions as ``generate``); finished rows leave the batch at once and are reported
+  through ``on_finish`` before the call returns, a row whose cancel event is set
+  leaves at its next step, and waiting rows (a ``source``) join between steps
+  (continuous batching, :mod:`langchain_divconq.local.engine.live`).
 - **CUDA**: a static KV cache and ``torch.compile(mode="reduce-overhead")`` for
   the fixed-shape verify step (opt in with ``compile=True``; not measured here).
 
@@ -47,14 +50,18 @@ compare token for token too). bf16 rounds far more coarsely: the same model in b
 from __future__ import annotations
 
 import contextlib
+import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_divconq.local.engine.rows import (
     FinishReason,
     GreedyResult,
+    NewRow,
     Row,
+    RowDone,
+    RowSource,
     RowStop,
     cache_kwarg,
     new_cache,
@@ -74,6 +81,9 @@ __all__ = [
     "DraftKind",
     "FinishReason",
     "GreedyResult",
+    "NewRow",
+    "RowDone",
+    "RowSource",
     "TokenStopChecker",
     "decomposer_stop",
     "generate_greedy",
@@ -81,6 +91,8 @@ __all__ = [
     "stop_strings",
     "text_stop_checker",
 ]
+
+_NO_LIMIT = 1 << 30
 
 DraftKind = Literal["auto", "int8", "lookup"]
 """Where batch-1 drafts come from (see :func:`generate_greedy`)."""
@@ -117,6 +129,10 @@ def generate_greedy(
     rows_one_by_one_up_to: int = 4,
     static_cache: bool = False,
     compile: bool = False,
+    cancels: Sequence[threading.Event | None] | None = None,
+    on_finish: RowDone | None = None,
+    source: RowSource | None = None,
+    max_rows: int | None = None,
 ) -> list[GreedyResult]:
     """Greedy-decode each prompt; the tokens match ``model.generate(do_sample=False)``.
 
@@ -164,9 +180,19 @@ def generate_greedy(
         compile: On CUDA, also compile the verify step with
             ``torch.compile(mode="reduce-overhead")`` (CUDA graphs); implies
             ``static_cache``. Ignored on other devices.
+        cancels: One event (or None) per prompt; once set, that row ends at its next
+            step with ``finish_reason="cancelled"`` while the others go on.
+        on_finish: Called with ``(index, result)`` the moment each row ends, so its
+            caller can be answered before the whole call returns.
+        source: Rows that join while the call runs (continuous batching): asked for
+            more whenever a slot is free, also during batch-1 speculation, which then
+            hands its row over to the padded batch loop. Joined rows are numbered after
+            the inputs, in the order taken, and are in the returned list too.
+        max_rows: Most rows decoded at once (default: no limit); the other inputs wait
+            for a free slot, ahead of the ``source``.
 
     Returns:
-        One :class:`GreedyResult` per prompt, in order.
+        One :class:`GreedyResult` per prompt, in order (then the joined rows).
 
     Example:
         >>> out = generate_greedy(model, [tok("Hi").input_ids], max_new_tokens=8)  # doctest: +SKIP
@@ -175,12 +201,7 @@ def generate_greedy(
     """
     import torch
 
-    from langchain_divconq.local.engine.speculation import (
-        _speculate,
-        _speculate_drafted,
-        _speculate_static,
-        _tuner_for,
-    )
+    from langchain_divconq.local.engine.speculation import _tuner_for
 
     fixed_shapes = static_cache or compile
     kind = _draft_kind(model, draft, fixed_shapes)
@@ -202,8 +223,9 @@ def generate_greedy(
         raise ValueError(msg)
     _forget_if_weights_changed(model)
     speculative = kind == "int8" and num_draft_tokens > 0
+    # With a source, rows that join need the padded loop, which several inputs start at once.
     one_by_one = len(input_ids_batch) == 1 or (
-        speculative and len(input_ids_batch) <= rows_one_by_one_up_to
+        speculative and len(input_ids_batch) <= rows_one_by_one_up_to and source is None
     )
     drafter = None
     if one_by_one and speculative:
@@ -218,31 +240,95 @@ def generate_greedy(
         from langchain_divconq.local.engine.cpu_kernels import fast_cpu_linears
 
         patch = fast_cpu_linears(model)
-    rows = [Row(p) for p in input_ids_batch]
+    if cancels is not None and len(cancels) != len(input_ids_batch):
+        msg = (
+            f"cancels has {len(cancels)} events for {len(input_ids_batch)} prompts; "
+            "pass one event (or None) per prompt."
+        )
+        raise ValueError(msg)
+    from langchain_divconq.local.engine.live import Feed
+
+    events = list(cancels) if cancels is not None else [None] * len(input_ids_batch)
+    rows = [Row(p, e) for p, e in zip(input_ids_batch, events, strict=True)]
+    limit = max_rows or (max(len(rows), 1) if source is None else _NO_LIMIT)
+    feed = Feed(rows, limit, source, on_finish)
     stop = RowStop(eos, max_new_tokens, stop_checker)
+    pad = pad_token_id if pad_token_id is not None else min(eos, default=0)
     with torch.inference_mode(), patch:
         if not one_by_one:
-            pad = pad_token_id if pad_token_id is not None else min(eos, default=0)
-            _decode_batch(model, rows, device, stop, pad)
+            _decode_batch(model, feed, device, stop, pad)
         else:
-            for row in rows:
-                if fixed_shapes:
-                    cuda_graphs = compile and device.type == "cuda"
-                    _speculate_static(
-                        model, row, device, stop, num_draft_tokens, max_ngram, cuda_graphs
-                    )
-                    continue
-                cache, logits = _prefill(model, row, device, prompt_cache)
-                if row.push(int(logits[0, -1].argmax()), stop):
-                    continue
-                if drafter is not None:
-                    _speculate_drafted(
-                        model, drafter, cache, row, device, stop, num_draft_tokens, max_ngram,
-                        adaptive_draft,
-                    )  # fmt: skip
-                else:
-                    _speculate(model, cache, row, device, stop, num_draft_tokens, max_ngram, tuner)
-    return [row.result() for row in rows]
+            speculate = _Speculation(
+                model, drafter, tuner, num_draft_tokens, max_ngram,
+                adaptive_draft, prompt_cache, fixed_shapes, compile,
+            )  # fmt: skip
+            while not speculate(feed, device, stop, pad) and feed.waiting():
+                pass
+    return [row.result() for row in feed.rows]
+
+
+class _Speculation:
+    """Batch-1 decoding of the feed's rows one at a time, each speculatively.
+
+    A row hands over to the padded batch loop as soon as other rows wait (except with
+    fixed shapes, whose static cache cannot take rows: those wait for the row to end).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        drafter: Any,
+        tuner: Any,
+        num_draft: int,
+        max_ngram: int,
+        adaptive: bool,
+        prompt_cache: bool,
+        fixed_shapes: bool,
+        compile: bool,
+    ) -> None:
+        self.model, self.drafter, self.tuner = model, drafter, tuner
+        self.num_draft, self.max_ngram, self.adaptive = num_draft, max_ngram, adaptive
+        self.prompt_cache, self.fixed_shapes, self.compile = prompt_cache, fixed_shapes, compile
+
+    def __call__(self, feed: Any, device: torch.device, stop: RowStop, pad: int) -> bool:
+        """Decode the next waiting row; return True once the batch loop took over (all done)."""
+        from langchain_divconq.local.engine.live import decode_live, single_row_batch
+        from langchain_divconq.local.engine.speculation import (
+            _speculate,
+            _speculate_drafted,
+            _speculate_static,
+        )
+
+        admitted = feed.admit(1)
+        if not admitted:
+            return True
+        index = admitted[0]
+        row = feed.rows[index]
+        model = self.model
+        if self.fixed_shapes:
+            cuda_graphs = self.compile and device.type == "cuda"
+            _speculate_static(model, row, device, stop, self.num_draft, self.max_ngram, cuda_graphs)
+            feed.finished(index)
+            return False
+        cache, logits = _prefill(model, row, device, self.prompt_cache)
+        if row.push(int(logits[0, -1].argmax()), stop):
+            feed.finished(index)
+            return False
+        interrupt: Callable[[], bool] | None = feed.waiting if feed.source is not None else None
+        if self.drafter is not None:
+            _speculate_drafted(
+                model, self.drafter, cache, row, device, stop, self.num_draft, self.max_ngram,
+                self.adaptive, interrupt,
+            )  # fmt: skip
+        else:
+            _speculate(model, cache, row, device, stop, self.num_draft, self.max_ngram, self.tuner,
+                       interrupt)  # fmt: skip
+        if row.finish is not None:
+            feed.finished(index)
+            return False
+        # Others wait: go on as a padded batch that they join.
+        decode_live(model, feed, device, stop, pad, single_row_batch(index, row, cache, device))
+        return True
 
 
 _fingerprints: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
@@ -333,56 +419,8 @@ def _prefill(
     return cache, logits
 
 
-def _decode_batch(
-    model: Any,
-    rows: list[Row],
-    device: torch.device,
-    stop: RowStop,
-    pad: int,
-) -> None:
-    """Decode several rows at once with left padding, as ``generate`` lays a batch out."""
-    import torch
+def _decode_batch(model: Any, feed: Any, device: torch.device, stop: RowStop, pad: int) -> None:
+    """Decode the feed's rows at once with left padding, as ``generate`` lays a batch out."""
+    from langchain_divconq.local.engine.live import decode_live
 
-    width = max(len(r.prompt) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
-    mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r.prompt) :] = torch.tensor(r.prompt, device=device)
-        mask[i, width - len(r.prompt) :] = 1
-    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-    cache = new_cache(model)
-    kw = cache_kwarg(model)
-    live = list(range(len(rows)))
-    logits = model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=positions,
-        **{kw: cache},
-        use_cache=True,
-        logits_to_keep=1,
-    ).logits
-    last_pos = positions[:, -1:]
-    while True:
-        for j in live:
-            rows[j].passes += 1
-        tokens = logits[:, -1].argmax(dim=-1)
-        keep = [
-            j for j, token in enumerate(tokens.tolist()) if not rows[live[j]].push(int(token), stop)
-        ]
-        if not keep:
-            return
-        if len(keep) < len(live):
-            index = torch.tensor(keep, device=device)
-            cache.batch_select_indices(index)
-            tokens, mask, last_pos = tokens[index], mask[index], last_pos[index]
-            live = [live[j] for j in keep]
-        mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=-1)
-        last_pos = last_pos + 1
-        logits = model(
-            input_ids=tokens[:, None],
-            attention_mask=mask,
-            position_ids=last_pos,
-            **{kw: cache},
-            use_cache=True,
-            logits_to_keep=1,
-        ).logits
+    decode_live(model, feed, device, stop, pad)

@@ -8,16 +8,28 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from langchain_divconq.local.engine.stopping import TokenStopChecker
 
-__all__ = ["FinishReason", "GreedyResult", "Row", "RowStop", "cache_kwarg", "new_cache"]
+__all__ = [
+    "FinishReason",
+    "GreedyResult",
+    "NewRow",
+    "Row",
+    "RowDone",
+    "RowSource",
+    "RowStop",
+    "cache_kwarg",
+    "new_cache",
+]
 
-FinishReason = Literal["eos", "stop", "length"]
-"""Why a row ended: an end-of-sequence token, the stop checker, or ``max_new_tokens``."""
+FinishReason = Literal["eos", "stop", "length", "cancelled"]
+"""Why a row ended: an end-of-sequence token, the stop checker, ``max_new_tokens``, or its
+cancel event (its caller left; the row stopped at the next step)."""
 
 
 @dataclass
@@ -28,7 +40,8 @@ class GreedyResult:
     """New token ids; ends with the end-of-sequence token when ``finish_reason == "eos"``."""
 
     finish_reason: FinishReason
-    """``"eos"``, ``"stop"`` (the stop checker fired) or ``"length"`` (hit ``max_new_tokens``)."""
+    """``"eos"``, ``"stop"`` (the stop checker fired), ``"length"`` (hit ``max_new_tokens``)
+    or ``"cancelled"`` (its cancel event was set)."""
 
     forward_passes: int = 0
     """Model calls that produced this row's tokens (the prompt pass included); fewer
@@ -44,11 +57,45 @@ class RowStop:
     checker: TokenStopChecker | None
 
 
+@dataclass(frozen=True)
+class NewRow:
+    """A prompt that joins a running batch (see :class:`RowSource`)."""
+
+    prompt: Sequence[int]
+    """Its token ids (chat template applied)."""
+
+    cancel: threading.Event | None = None
+    """Once set, the row ends at its next step with ``finish_reason="cancelled"``."""
+
+
+class RowSource(Protocol):
+    """Where a running batch gets more rows between decoding steps (continuous batching).
+
+    The engine asks :meth:`take` whenever a slot is free; rows it returns are decoded
+    alongside the running ones and numbered after them (the first joined row gets the
+    index ``len(input_ids_batch)``, and so on, in the order taken).
+    """
+
+    def waiting(self) -> bool:
+        """Whether rows are waiting to join (cheap; asked between speculative passes)."""
+        ...
+
+    def take(self, limit: int) -> list[NewRow]:
+        """Return up to ``limit`` waiting rows, removing them from the wait (may be empty)."""
+        ...
+
+
+RowDone = Callable[[int, GreedyResult], None]
+"""Called with a row's index and result the moment the row ends (before the call returns),
+so its caller can be answered at once; called once per row, from the decoding thread."""
+
+
 class Row:
     """Bookkeeping of one row: its tokens and whether it has finished."""
 
-    def __init__(self, prompt: Sequence[int]) -> None:
+    def __init__(self, prompt: Sequence[int], cancel: threading.Event | None = None) -> None:
         self.prompt = list(prompt)
+        self.cancel = cancel
         self.new: list[int] = []
         self.finish: FinishReason | None = None
         self.passes = 0
@@ -58,6 +105,8 @@ class Row:
         self.new.append(token)
         if token in stop.eos:
             self.finish = "eos"
+        elif self.cancel is not None and self.cancel.is_set():
+            self.finish = "cancelled"
         elif stop.checker is not None and stop.checker(self.new):
             self.finish = "stop"
         elif len(self.new) >= stop.max_new_tokens:

@@ -161,9 +161,16 @@ def _speculate(
     num_draft: int,
     max_ngram: int,
     tuner: DraftTuner | None = None,
+    interrupt: Callable[[], bool] | None = None,
 ) -> None:
-    """Decode one row with prompt-lookup drafts verified against the model's argmax."""
+    """Decode one row with prompt-lookup drafts verified against the model's argmax.
+
+    Returns early, the row unfinished, once ``interrupt()`` is true (other rows wait to
+    join); the cache then holds every token of the row but its last.
+    """
     while row.finish is None:
+        if interrupt is not None and interrupt():
+            return
         room = stop.max_new_tokens - len(row.new) - 1
         found = _prompt_lookup(row.prompt + row.new, max_ngram, min(num_draft, room))
         length = tuner.choose() if tuner is not None and found else num_draft
@@ -184,15 +191,19 @@ def _speculate_drafted(
     num_draft: int,
     max_ngram: int,
     adaptive: bool = True,
+    interrupt: Callable[[], bool] | None = None,
 ) -> None:
     """Decode one row with drafts from a cheap copy of the model (see ``draft_model``).
 
     The drafter runs on the model's own cache: it appends its keys, proposes a run
     of tokens, and its entries are cropped again before the model verifies the run,
-    so the verified cache only ever holds keys the model computed itself.
+    so the verified cache only ever holds keys the model computed itself. Returns
+    early, as :func:`_speculate` does, once ``interrupt()`` is true.
     """
     run = _RunLength(num_draft)
     while row.finish is None:
+        if interrupt is not None and interrupt():
+            return
         room = stop.max_new_tokens - len(row.new) - 1
         length = run.length if adaptive else num_draft
         draft, added = _draft_run(drafter, cache, row, stop, min(length, room), max_ngram)
