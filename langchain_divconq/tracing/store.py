@@ -331,6 +331,8 @@ class SqliteTraceStore(TraceStore):
         timeout_s: How long a writer waits for a lock held by another process.
         synchronous: SQLite ``synchronous`` pragma: ``NORMAL`` (safe against
             process crashes in WAL mode) or ``FULL`` (also against power loss).
+        create: Create the database when it is missing; with False (readers), a
+            missing file raises ``FileNotFoundError`` and nothing is created.
 
     Example:
         >>> store = SqliteTraceStore("traces.db")  # doctest: +SKIP
@@ -347,11 +349,14 @@ class SqliteTraceStore(TraceStore):
         *,
         timeout_s: float = 60.0,
         synchronous: str = "NORMAL",
+        create: bool = True,
     ) -> None:
         if synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             msg = f"synchronous must be NORMAL or FULL (or OFF/EXTRA), got {synchronous!r}."
             raise ValueError(msg)
         self.path = Path(path) if str(path) != ":memory:" else None
+        if self.path is not None and not create and not self.path.is_file():
+            raise FileNotFoundError(_missing_message(str(path), self.path))
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # Create it private; SQLite gives its -wal and -shm files the same mode.
@@ -487,12 +492,31 @@ class SqliteTraceStore(TraceStore):
             self._conn.close()
 
 
-def open_store(spec: str | os.PathLike[str] | TraceStore, **options: Any) -> TraceStore:
+def _missing_message(spec: str, path: Path) -> str:
+    msg = (
+        f"Trace store {spec!r} does not exist (no file {path.absolute()}). Create one by "
+        f"recording traces (divconq collect --task TASK --store {spec}) or importing them "
+        f"(divconq import gsm8k-socratic FILE --store {spec})"
+    )
+    if spec.startswith(_SQLITE_PREFIX):
+        msg += (
+            "; in a SQLite URL the path follows 'sqlite:///' (sqlite:///traces.db is "
+            "./traces.db, sqlite:////data/t.db is /data/t.db)"
+        )
+    return msg + "."
+
+
+def open_store(
+    spec: str | os.PathLike[str] | TraceStore, *, create: bool = True, **options: Any
+) -> TraceStore:
     """Open a trace store from a path or URL.
 
     Args:
         spec: ``"traces.jsonl"`` (JSONL), ``"sqlite:///traces.db"`` or a ``.db``/
             ``.sqlite`` path (SQLite), or a store, returned as is.
+        create: Writers leave it True (a JSONL file is created on the first write, a
+            SQLite database at once). Readers pass False: a missing store is then a
+            ``FileNotFoundError`` saying how to create one, and no file is created.
         **options: Passed to the store's constructor (``fsync=True``, ``timeout_s=...``).
 
     Returns:
@@ -500,6 +524,7 @@ def open_store(spec: str | os.PathLike[str] | TraceStore, **options: Any) -> Tra
 
     Raises:
         ValueError: When the kind of store cannot be told from ``spec``.
+        FileNotFoundError: ``create=False`` and the store does not exist.
 
     Example:
         >>> open_store("sqlite:///runs/traces.db")  # doctest: +SKIP
@@ -509,15 +534,17 @@ def open_store(spec: str | os.PathLike[str] | TraceStore, **options: Any) -> Tra
     if isinstance(spec, TraceStore):
         return spec
     text = os.fspath(spec)
-    if text.startswith(_SQLITE_PREFIX):
-        return SqliteTraceStore(text[len(_SQLITE_PREFIX) :], **options)
-    suffix = Path(text).suffix.lower()
-    if suffix in _SQLITE_SUFFIXES:
-        return SqliteTraceStore(text, **options)
-    if suffix in _JSONL_SUFFIXES:
-        return JsonlTraceStore(text, **options)
-    msg = (
-        f"Cannot tell which trace store {text!r} is. Use a '.jsonl' path for the JSONL "
-        "store, or 'sqlite:///path.db' (or a '.db'/'.sqlite' path) for SQLite."
-    )
-    raise ValueError(msg)
+    path = text[len(_SQLITE_PREFIX) :] if text.startswith(_SQLITE_PREFIX) else text
+    suffix = Path(path).suffix.lower()
+    sqlite = text.startswith(_SQLITE_PREFIX) or suffix in _SQLITE_SUFFIXES
+    if not sqlite and suffix not in _JSONL_SUFFIXES:
+        msg = (
+            f"Cannot tell which trace store {text!r} is. Use a '.jsonl' path for the JSONL "
+            "store, or 'sqlite:///path.db' (or a '.db'/'.sqlite' path) for SQLite."
+        )
+        raise ValueError(msg)
+    if not create and path != ":memory:" and not Path(path).is_file():
+        raise FileNotFoundError(_missing_message(text, Path(path)))
+    if sqlite:
+        return SqliteTraceStore(path, create=create, **options)
+    return JsonlTraceStore(path, **options)

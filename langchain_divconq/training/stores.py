@@ -30,14 +30,16 @@ def iter_traces(
     are skipped by the store with a warning, so they never stop a training run;
     pass a list as ``skipped`` to get one ``(where, reason)`` pair for each
     (:func:`describe_skipped` summarises them).
+
+    Raises:
+        FileNotFoundError: The store does not exist (nothing is created); the message
+            says how to create one.
+
     """
     from langchain_divconq.tracing.store import open_store
 
-    text = str(spec)
-    if not text.startswith("sqlite:///") and not Path(text).exists():
-        msg = f"Trace store {text!r} does not exist; record traces first (divconq collect)."
-        raise FileNotFoundError(msg)
-    with open_store(text) as store:
+    # Reading never creates a store: a mistyped path is an error, not an empty database.
+    with open_store(str(spec), create=False) as store:
         yield from store.read(skipped)
 
 

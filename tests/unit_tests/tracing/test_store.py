@@ -161,6 +161,40 @@ def test_open_store_picks_the_kind(tmp_path: Path) -> None:
         open_store(tmp_path / "traces.csv")
 
 
+@pytest.mark.parametrize("spec", ["sqlite:///{d}/sub/t.db", "{d}/t.sqlite", "{d}/t.jsonl"])
+def test_opening_a_missing_store_for_reading_creates_nothing(tmp_path: Path, spec: str) -> None:
+    text = spec.format(d=tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist") as caught:
+        open_store(text, create=False)
+    assert f"divconq collect --task TASK --store {text}" in str(caught.value)
+    assert f"divconq import gsm8k-socratic FILE --store {text}" in str(caught.value)
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its folder
+    with open_store(text) as store:  # a writer creates it
+        store.add(Trace(question="Q?"))
+    with open_store(text, create=False) as store:
+        assert _questions(store) == ["Q?"]
+
+
+def test_sqlite_store_for_reading_creates_nothing(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        SqliteTraceStore(tmp_path / "t.db", create=False)
+    assert not (tmp_path / "t.db").exists()
+
+
+def test_cli_dataset_from_a_missing_store_says_so_and_creates_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from langchain_divconq.cli.router import main
+
+    monkeypatch.chdir(tmp_path)
+    for spec in ("sqlite:///missing.db", "missing.jsonl"):
+        argv = ["dataset", "--store", spec, "--variant", "SD-R", "--out", "ds"]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"Trace store '{spec}' does not exist" in err and "divconq collect" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def _run_script(code: str, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
