@@ -225,7 +225,7 @@ def test_default_checker(text: str, gold: str, expected: float) -> None:
 
 
 # ------------------------------------------------------------- bad records: skip, count, stop
-_GOOD = {
+_GOOD: dict[str, dict[str, Any]] = {
     "gsm8k-socratic": _ROW,
     "strategyqa": {"question": "Is water wet?", "answer": True, "decomposition": ["Wet?"]},
     "openai-chat": {
@@ -277,7 +277,7 @@ def test_every_importer_keeps_the_good_records_and_locates_the_bad(
 
 
 def test_data_of_the_wrong_shape_is_a_bad_record_not_a_crash(tmp_path: Path) -> None:
-    rows = [
+    rows: list[Mapping[str, object]] = [
         {"question": "Q?", "answer": True, "decomposition": 5},
         {"question": "Q?", "answer": True, "decomposition": ["a"], "facts": 3},
         _GOOD["strategyqa"],

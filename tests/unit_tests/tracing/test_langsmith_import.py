@@ -38,7 +38,7 @@ def _failing_solver(messages: list[BaseMessage]) -> str:
 
 def _runs(schema: str) -> tuple[RunCollectorCallbackHandler, TraceRecorder]:
     """Run the chain several ways under a run collector and a recorder at once."""
-    collector = RunCollectorCallbackHandler(_schema_format=schema)  # type: ignore[call-arg]
+    collector = RunCollectorCallbackHandler(_schema_format=schema)
     recorder = TraceRecorder()
     config: Any = {"callbacks": [collector, recorder]}
     chain = create_divconq_chain(
@@ -57,7 +57,9 @@ def _runs(schema: str) -> tuple[RunCollectorCallbackHandler, TraceRecorder]:
     with pytest.raises(RuntimeError):
         failing.invoke("Will it fail?", config)
     # The chain nested inside another runnable (an agent, a bigger chain).
-    outer = RunnableLambda(lambda q, config: chain.invoke(q, config), name="outer")
+    outer: RunnableLambda[str, Any] = RunnableLambda(
+        lambda q, config: chain.invoke(q, config), name="outer"
+    )
     outer.invoke("Nested question?", config)
     return collector, recorder
 
@@ -81,10 +83,10 @@ def _nested(run: Any) -> dict[str, Any]:
 
 
 def _compare(imported: list[Trace], recorded: list[Trace], *, messages: bool) -> None:
-    by_run = {t.run_id: t for t in recorded}
+    by_run = {t.run_id or "": t for t in recorded}
     assert sorted(t.run_id or "" for t in imported) == sorted(by_run)
     for trace in imported:
-        want = by_run[trace.run_id]
+        want = by_run[trace.run_id or ""]
         assert trace.source == "langsmith-runs"
         for field in (
             "question",
@@ -294,7 +296,9 @@ def test_chain_runs_dumped_without_child_runs_are_bad_records(
 def test_agent_dumped_without_child_runs_gets_the_hint(tmp_path: Path) -> None:
     collector = RunCollectorCallbackHandler()
     chain = _chain()
-    agent = RunnableLambda(lambda q, config: chain.invoke(q, config), name="LangGraph")
+    agent: RunnableLambda[str, Any] = RunnableLambda(
+        lambda q, config: chain.invoke(q, config), name="LangGraph"
+    )
     agent.invoke("Q?", {"callbacks": [collector]})
     (root,) = collector.traced_runs
     path = tmp_path / "runs.jsonl"
