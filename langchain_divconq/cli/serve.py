@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import signal
+import sys
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
@@ -13,7 +14,15 @@ from langchain_core.language_models import BaseChatModel
 from langchain_divconq.serving.access import WILDCARD_BINDS
 from langchain_divconq.serving.limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS_LIMIT
 
-__all__ = ["API_KEY_ENV", "allowed_hosts_for", "register_cli", "resolve_api_key", "serve_app"]
+__all__ = [
+    "API_KEY_ENV",
+    "adapter_specs",
+    "allowed_hosts_for",
+    "register_cli",
+    "resolve_api_key",
+    "serve_app",
+    "startup_line",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +46,18 @@ def register_cli(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--adapter",
-        default="default",
-        help="'default' (the shipped distilled adapter), 'none', or a LoRA adapter folder",
+        action="append",
+        default=None,
+        metavar="[NAME=]ADAPTER",
+        help="'default' (the shipped distilled adapter), 'none', a packaged adapter's name or "
+        "a LoRA adapter folder. Repeat as NAME=ADAPTER to serve several adapters on one base, "
+        "each chosen by model=NAME; an unnamed one is served as --model-id",
+    )
+    parser.add_argument(
+        "--allow-runtime-adapters",
+        action="store_true",
+        help="allow POST /v1/load_lora_adapter and /v1/unload_lora_adapter without an API key "
+        "(with --api-key they are always allowed to key holders)",
     )
     parser.add_argument(
         "--model-id",
@@ -149,24 +168,86 @@ def allowed_hosts_for(bind_host: str, extra: list[str]) -> list[str] | None:
     return [bind_host, *extra]
 
 
-def _load_model(args: argparse.Namespace) -> BaseChatModel:
-    if args.decomposer.startswith("openai:"):
-        from langchain_divconq.model_specs import build_decomposer
+def adapter_specs(values: list[str] | None, model_id: str) -> list[tuple[str, str]]:
+    """Turn the ``--adapter`` values into ``(model id, adapter)`` pairs, the default first.
 
-        return build_decomposer(args.decomposer, args.adapter)
+    ``NAME=ADAPTER`` serves ``ADAPTER`` as ``NAME``; at most one value may be unnamed,
+    and it is served as ``model_id``. The unnamed one is the default (the model that
+    also answers to ``"default"``), else the first named one.
+
+    Raises:
+        ValueError: For two unnamed values, a name used twice or a bad name.
+
+    Example:
+        >>> adapter_specs(["sd-r=./runs/sd-r/adapter", "default"], "divconq-decomposer")
+        [('divconq-decomposer', 'default'), ('sd-r', './runs/sd-r/adapter')]
+
+    """
+    from langchain_divconq.serving.models import check_model_name
+
+    named: list[tuple[str, str]] = []
+    unnamed: list[tuple[str, str]] = []
+    for value in values or ["default"]:
+        name, sep, adapter = value.partition("=")
+        if sep and name and "/" not in name and "\\" not in name:
+            named.append((check_model_name(name), adapter))
+        else:
+            unnamed.append((model_id, value))
+    if len(unnamed) > 1:
+        msg = (
+            f"Only one --adapter may be given without a name (it is served as --model-id "
+            f"{model_id!r}); got {[v for _, v in unnamed]}. Name the others: --adapter NAME=DIR."
+        )
+        raise ValueError(msg)
+    specs = unnamed + named
+    names = [name for name, _ in specs]
+    if len(set(names)) < len(names):
+        msg = f"Each served adapter needs its own name; got {names}."
+        raise ValueError(msg)
+    return specs
+
+
+def _local_loader(args: argparse.Namespace, share_with: BaseChatModel | None) -> Any:
+    """Return a function that loads an adapter (or 'none') on the served base model."""
     from langchain_divconq.local import load_decomposer
 
+    base = None if args.decomposer in ("", "default") else args.decomposer
+
+    def load(adapter: str) -> BaseChatModel:
+        # One model.batch call from the server should be one generate call; an adapter
+        # merged into a copy shares the tensors it leaves alone with share_with.
+        return load_decomposer(
+            base,
+            None if adapter.lower() == "none" else adapter,
+            device=args.device,
+            dtype=args.dtype,
+            batch_size=args.max_batch,
+            share_with=share_with,
+        )
+
+    return load
+
+
+def _load_models(args: argparse.Namespace) -> tuple[dict[str, BaseChatModel], Any]:
+    """Load every served model, the default first; return them and the run-time loader."""
+    specs = adapter_specs(args.adapter, args.model_id)
+    if args.decomposer.startswith("openai:"):
+        if len(specs) > 1:
+            msg = "Several --adapter values need a local base model, not --decomposer openai:..."
+            raise ValueError(msg)
+        from langchain_divconq.model_specs import build_decomposer
+
+        return {specs[0][0]: build_decomposer(args.decomposer, specs[0][1])}, None
     if args.threads is not None:
         import torch
 
         torch.set_num_threads(args.threads)
-
-    base = None if args.decomposer in ("", "default") else args.decomposer
-    adapter = None if args.adapter.lower() == "none" else args.adapter
-    # One model.batch call from the server should be one generate call.
-    return load_decomposer(
-        base, adapter, device=args.device, dtype=args.dtype, batch_size=args.max_batch
-    )
+    (default_id, default_adapter), *others = specs
+    default = _local_loader(args, None)(default_adapter)
+    load = _local_loader(args, default)
+    models = {default_id: default}
+    models.update((name, load(adapter)) for name, adapter in others)
+    return models, load
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -185,10 +266,14 @@ def _serve(args: argparse.Namespace) -> int:
             args.host or "0.0.0.0",
             API_KEY_ENV,
         )
-    model = _load_model(args)
+    models, loader = _load_models(args)
+    (model_id, model), *others = models.items()
     app = create_app(
         model,
-        model_id=args.model_id,
+        model_id=model_id,
+        adapters=dict(others),
+        adapter_loader=loader,
+        allow_runtime_adapters=args.allow_runtime_adapters,
         max_queue=args.max_queue,
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
@@ -210,6 +295,23 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def startup_line(app: Any, server: Any) -> str:
+    """Return the line printed once the server listens: its URL, models and key (never the key).
+
+    ``server`` is the running ``uvicorn.Server``: its sockets give the real port
+    (``--port 0`` picks a free one).
+    """
+    host, port = server.config.host, server.config.port
+    for listener in getattr(server, "servers", []) or []:
+        for sock in getattr(listener, "sockets", []) or []:
+            port = sock.getsockname()[1]
+            break
+    shown = f"[{host}]" if ":" in host else host
+    summary = getattr(app.state, "summary", None)
+    details = f" | {summary()}" if callable(summary) else ""
+    return f"divconq serve: listening on http://{shown}:{port}/v1{details} (Ctrl-C to stop)"
+
+
 def serve_app(
     app: Any, *, host: str, port: int, graceful_timeout: float, log_level: str = "warning"
 ) -> None:
@@ -226,6 +328,11 @@ def serve_app(
         raise ImportError(msg) from exc
 
     class _Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started and not self.should_exit:
+                print(startup_line(app, self), file=sys.stderr, flush=True)
+
         def handle_exit(self, sig: int, frame: Any) -> None:
             if not self.should_exit:  # the first signal starts the drain
                 drain = getattr(app.state, "drain", None)

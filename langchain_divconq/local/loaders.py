@@ -228,27 +228,40 @@ def _shared_model(
 
     import torch
 
+    from langchain_divconq.local.merged_cache import MERGED_INFO_FILE
+
     source = other.model
     first = next(iter(source.parameters()), None)
+    # A source that is itself a merged copy shares what neither adapter changed.
+    origin, source_changed = str(getattr(source, "name_or_path", "")), set[str]()
+    source_info = Path(origin) / MERGED_INFO_FILE
+    if origin and source_info.is_file():
+        try:
+            info = json.loads(source_info.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(info, dict) or not isinstance(info.get("changed"), list):
+            return None
+        origin, source_changed = str(info.get("base", "")), set(info["changed"])
     if (
         first is None
-        or not _same_folder(getattr(source, "name_or_path", ""), base_path)
+        or not _same_folder(origin, base_path)
         or first.dtype != dtype
         or torch.device(device) != first.device
         or hasattr(source, "peft_config")
     ):
         return None
     if merged_path is None:
-        return source  # the very same weights: one model serves both
+        # The very same weights: one model serves both (unless the source is merged).
+        return None if source_changed else source
     from safetensors import safe_open
-
-    from langchain_divconq.local.merged_cache import MERGED_INFO_FILE
 
     files = sorted(merged_path.glob("*.safetensors"))
     params = dict(source.named_parameters(remove_duplicate=False))
     shared: dict[int, Any] = {id(p): p for p in source.parameters()}
     shared.update({id(b): b for b in source.buffers()})
     listed = json.loads((merged_path / MERGED_INFO_FILE).read_text()).get("changed")
+    wanted = None if listed is None else set(listed) | source_changed
     state: dict[str, Any] = {}
     changed = {}
     for file in files:
@@ -257,12 +270,12 @@ def _shared_model(
             if any(name not in params for name in names):
                 return None
             for name in names:
-                if listed is None or name in listed:  # only what the adapter changed
+                if wanted is None or name in wanted:  # only what either adapter changed
                     state[name] = f.get_tensor(name)
     if not files:
         return None
     for name, tensor in state.items():
-        if listed is not None or not torch.equal(params[name].detach(), tensor.to(dtype)):
+        if wanted is not None or not torch.equal(params[name].detach(), tensor.to(dtype)):
             changed[name] = tensor.to(dtype=dtype, device=first.device)
             shared.pop(id(params[name]), None)
     model = copy.deepcopy(source, memo=shared)

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -36,6 +36,7 @@ from langchain_core.messages.ai import UsageMetadata, add_usage
 
 from langchain_divconq.prompts import message_text
 from langchain_divconq.serving.access import LOCAL_HOSTS, AccessPolicy
+from langchain_divconq.serving.adapter_api import add_adapter_routes
 from langchain_divconq.serving.batcher import (
     BatcherClosedError,
     QueueFullError,
@@ -49,6 +50,12 @@ from langchain_divconq.serving.limits import (
     can_count_tokens,
     context_length,
     count_prompt_tokens,
+)
+from langchain_divconq.serving.models import (
+    DEFAULT_ALIAS,
+    AdapterLoader,
+    ServedModels,
+    check_model_name,
 )
 from langchain_divconq.serving.protocol import (
     APIError,
@@ -70,9 +77,6 @@ __all__ = ["DEFAULT_ALIAS", "create_app"]
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-DEFAULT_ALIAS = "default"
-"""A model name the server always accepts besides its ``model_id`` (what specs.py sends)."""
 
 _SHUTDOWN_MESSAGE = (
     "The server is shutting down and stopped this request before it finished; retry it "
@@ -100,6 +104,9 @@ def create_app(
     api_key: str | None = None,
     allowed_hosts: Sequence[str] | None = LOCAL_HOSTS,
     allowed_origins: Sequence[str] = (),
+    adapters: Mapping[str, BaseChatModel] | None = None,
+    adapter_loader: AdapterLoader | None = None,
+    allow_runtime_adapters: bool = False,
 ) -> "FastAPI":
     """Build the OpenAI-compatible FastAPI app serving ``model``.
 
@@ -123,6 +130,14 @@ def create_app(
             the loopback addresses (DNS rebinding guard); None or ``["*"]``: any.
         allowed_origins: Browser origins allowed to call; a request with any other
             ``Origin`` header gets HTTP 403.
+        adapters: More models served beside ``model``, by name (typically the same
+            base with other LoRA adapters); each has its own batcher, so requests for
+            different models never share a batch.
+        adapter_loader: Loads an adapter folder as a chat model, for
+            ``POST /v1/load_lora_adapter``; None: adapters cannot be added at run time.
+        allow_runtime_adapters: Allow ``POST /v1/load_lora_adapter`` and
+            ``/v1/unload_lora_adapter`` without ``api_key``; with a key they are always
+            allowed (to key holders).
 
     Returns:
         The FastAPI app; run it with ``uvicorn.run(app)``. ``app.state.batcher`` holds
@@ -132,8 +147,8 @@ def create_app(
     Example:
         >>> from langchain_core.language_models import FakeListChatModel
         >>> app = create_app(FakeListChatModel(responses=["Hi"]), model_id="fake")
-        >>> sorted(r.path for r in app.routes if r.path.startswith("/v1"))
-        ['/v1/chat/completions', '/v1/models', '/v1/models/{model_name}']
+        >>> [r.path for r in app.routes if r.path.startswith("/v1/m")]
+        ['/v1/models', '/v1/models/{model_name}']
 
     """
     try:
@@ -145,10 +160,17 @@ def create_app(
     except ImportError as exc:
         msg = "divconq serve needs the 'serve' extra: pip install 'langchain-divconq[serve]'."
         raise ImportError(msg) from exc
-    created = int(time.time())
-    batcher = RequestBatcher(
-        model, max_batch=max_batch, max_queue=max_queue, max_wait_s=max_wait_ms / 1000
-    )
+
+    def make_batcher(served: BaseChatModel) -> RequestBatcher:
+        return RequestBatcher(
+            served, max_batch=max_batch, max_queue=max_queue, max_wait_s=max_wait_ms / 1000
+        )
+
+    registry = ServedModels(make_batcher, adapter_loader)
+    registry.add(model_id, model)
+    for name, other in (adapters or {}).items():
+        registry.add(check_model_name(name), other)
+    runtime_adapters = adapter_loader is not None and (bool(api_key) or allow_runtime_adapters)
     context = context_length(model)
     counts_tokens = can_count_tokens(model)
     limits = Limits(
@@ -167,11 +189,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: "FastAPI") -> AsyncIterator[None]:
         loops.append(asyncio.get_running_loop())
-        await batcher.start()
+        await registry.start()
         try:
             yield
         finally:
-            await batcher.close()
+            await registry.close()
 
     async def guard(request: Request) -> None:
         policy.check(request.method, request.url.path, request.headers)
@@ -182,11 +204,11 @@ def create_app(
             return
 
         def begin() -> None:
-            batcher.stop_admitting()
+            registry.stop_admitting()
             # Leave time to send the errors and stop the generation before the server
             # gives up on its connections at grace_s.
             margin = min(1.0, grace_s * 0.2)
-            loops[0].call_later(max(grace_s - margin, 0.0), batcher.abort, _SHUTDOWN_MESSAGE)
+            loops[0].call_later(max(grace_s - margin, 0.0), registry.abort, _SHUTDOWN_MESSAGE)
 
         loops[0].call_soon_threadsafe(begin)
 
@@ -195,7 +217,9 @@ def create_app(
         lifespan=lifespan,
         dependencies=[Depends(guard)],
     )
-    app.state.batcher = batcher
+    app.state.batcher = registry.default.batcher
+    app.state.models = registry
+    app.state.summary = lambda: _summary(registry, policy, runtime_adapters)
     app.state.limits = limits
     app.state.drain = drain
 
@@ -209,44 +233,31 @@ def create_app(
         error = APIError(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}")
         return JSONResponse(error.body(), status_code=exc.status_code)
 
-    def model_card() -> dict[str, Any]:
-        return {"id": model_id, "object": "model", "created": created, "owned_by": "divconq"}
-
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        stats = batcher.stats
-        return {
-            "status": "ok",
-            "pending": batcher.pending,
-            "requests": stats.requests,
-            "batches": stats.batches,
-            "largest_batch": stats.largest_batch,
-            "rejected": stats.rejected,
-            "streams": stats.streams,
-        }
+        return {"status": "ok", **registry.health()}
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": [model_card()]}
+        return {"object": "list", "data": [registry.card(served) for served in registry]}
 
     @app.get("/v1/models/{model_name}")
     async def get_model(model_name: str) -> dict[str, Any]:
-        if model_name not in (model_id, DEFAULT_ALIAS):
-            raise APIError(404, f"The model {model_name!r} does not exist.", code="model_not_found")
-        return model_card()
+        return registry.card(registry.get(model_name))
+
+    add_adapter_routes(app, registry, enabled=runtime_adapters, read_body=_read_body)
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: Request) -> JSONResponse | StreamingResponse:
         deadline = None if request_timeout is None else time.monotonic() + request_timeout
         body = parse_request(await _read_body(request, limits.max_body_bytes))
-        if body.model not in (model_id, DEFAULT_ALIAS):
-            msg = f"The model {body.model!r} does not exist; this server serves {model_id!r}."
-            raise APIError(404, msg, param="model", code="model_not_found")
+        served = registry.get(body.model)
+        batcher, served_model = served.batcher, served.model
         limits.check_budget(body.max_tokens, "max_tokens")
         limits.check_budget(body.max_completion_tokens, "max_completion_tokens")
         messages, params = to_messages(body), generation_params(body)
         if counts_tokens and (limits.max_prompt_tokens or limits.context):
-            await _check_prompt_length(model, messages, params, limits)
+            await _check_prompt_length(served_model, messages, params, limits)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -254,7 +265,7 @@ def create_app(
                 batcher,
                 messages,
                 params,
-                _StreamInfo(completion_id, model_id, include_usage, deadline, request_timeout),
+                _StreamInfo(completion_id, served.name, include_usage, deadline, request_timeout),
             )
             first = await _first_event(events)
             return StreamingResponse(
@@ -286,7 +297,7 @@ def create_app(
                 "id": completion_id,
                 "object": "chat.completion",
                 "created": int(time.time()),
-                "model": model_id,
+                "model": served.name,
                 "choices": [
                     {
                         "index": 0,
@@ -300,6 +311,17 @@ def create_app(
         )
 
     return app
+
+
+def _summary(registry: ServedModels, policy: AccessPolicy, runtime_adapters: bool) -> str:
+    """One line for the start-up message: the model ids, the key, run-time adapters."""
+    names = registry.names()
+    models = f"{names[0]} (also {DEFAULT_ALIAS!r})" + "".join(f", {n}" for n in names[1:])
+    key = "API key required" if policy.api_key else "no API key"
+    parts = [f"models: {models}", key]
+    if runtime_adapters:
+        parts.append("adapters can be added: POST /v1/load_lora_adapter")
+    return " | ".join(parts)
 
 
 class _ClientGone(Exception):
