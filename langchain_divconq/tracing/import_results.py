@@ -49,11 +49,13 @@ class BadRecord:
     where: str
     """Where it is, for people: ``line 7`` (JSONL, 1-based) or ``run 3 (index 2)`` (JSON array)."""
     message: str
-    """What is wrong with it and, where it helps, how to fix it."""
+    """What is wrong with it."""
     line: int | None = None
     """Its 1-based line number in a JSONL file."""
     index: int | None = None
     """Its 0-based position in a JSON array (the run is number ``index + 1``)."""
+    hint: str | None = None
+    """How to fix it, where that is the same for many records (a summary says it once)."""
 
     @classmethod
     def at_line(cls, line: int, message: str) -> BadRecord:
@@ -65,18 +67,23 @@ class BadRecord:
         """Locate a bad element ``data[index]`` of a JSON array (``run 3 (index 2)``)."""
         return cls(where=f"{noun} {index + 1} (index {index})", message=message, index=index)
 
-    def located(self, path: str | os.PathLike[str]) -> str:
-        """Return the message with its file: ``data.jsonl:7: ...`` or ``runs.json run 3 ...``."""
-        if self.line is not None:
-            return f"{os.fspath(path)}:{self.line}: {self.message}"
-        return f"{os.fspath(path)} {self.where}: {self.message}"
+    @property
+    def text(self) -> str:
+        """The message and, if any, the hint."""
+        return f"{self.message.rstrip('.')}. {self.hint}" if self.hint else self.message
 
-    def with_message(self, message: str) -> BadRecord:
-        """Return the same place with another message."""
-        return BadRecord(where=self.where, message=message, line=self.line, index=self.index)
+    def located(self, path: str | os.PathLike[str]) -> str:
+        """Return the text with its file: ``data.jsonl:7: ...`` or ``runs.json run 3 ...``."""
+        if self.line is not None:
+            return f"{os.fspath(path)}:{self.line}: {self.text}"
+        return f"{os.fspath(path)} {self.where}: {self.text}"
+
+    def with_message(self, message: str, hint: str | None = None) -> BadRecord:
+        """Return the same place with another message (and hint)."""
+        return BadRecord(self.where, message, line=self.line, index=self.index, hint=hint)
 
     def __str__(self) -> str:
-        return f"{self.where}: {self.message}"
+        return f"{self.where}: {self.text}"
 
 
 class BadRecordError(ValueError):
@@ -192,10 +199,11 @@ class ImportResult:
         """
         if self.stopped:
             first = self.errors[0]
-            return (
+            text = (
                 f"stopped at {first.where} (strict): {_cut(first.message)}; nothing imported "
                 "(a strict import writes a file whole or not at all)"
             )
+            return f"{text}. {first.hint}" if first.hint else text
         text = f"imported {self.imported}{what}"
         if self.duplicates:
             text += f", {self.duplicates} already there"
@@ -205,7 +213,9 @@ class ImportResult:
         more = len(self.errors) - max_errors
         if more > 0:
             shown += f"; and {more} more"
-        return f"{text}, skipped {len(self.errors)} ({shown})"
+        line = f"{text}, skipped {len(self.errors)} ({shown})"
+        hints = dict.fromkeys(e.hint for e in self.errors if e.hint)  # each once, in order
+        return f"{line}. {' '.join(hints)}" if hints else line
 
 
 def _cut(text: str) -> str:

@@ -495,9 +495,9 @@ def _root_traces(
             name, run_id = root.get("name"), root["id"]
             message = (
                 f"the DivConqChain run {name!r} ({run_id}) has no decomposer or solver run "
-                f"under it: the dump lost its child runs. {DUMP_HINT}"
+                "under it: the dump lost its child runs"
             )
-            reject(path, place.with_message(message), errors)
+            reject(path, place.with_message(message, DUMP_HINT), errors)
             continue
         try:
             trace = _trace_from_root(root, nodes)

@@ -319,6 +319,11 @@ def test_summary_caps_the_listed_errors() -> None:
     assert "line 5: bad 5" in text and "line 6:" not in text and text.endswith("; and 3 more)")
     assert len(text) < 1600  # each listed message is cut
     assert str(BadRecord.at_index(2, "x")) == "run 3 (index 2): x"
+    hinted = [BadRecord.at_line(n, "").with_message("lost", "Dump it whole.") for n in (1, 2)]
+    assert ImportResult("f", errors=hinted).summary() == (
+        "imported 0, skipped 2 (line 1: lost; line 2: lost). Dump it whole."
+    )
+    assert str(hinted[0]) == "line 1: lost. Dump it whole."
 
 
 def test_cli_import_skips_bad_lines_exits_1_and_strict_writes_nothing(
