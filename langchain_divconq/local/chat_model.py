@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Generator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from concurrent.futures import CancelledError
 from typing import Any, ClassVar, Literal, Self
 
@@ -39,6 +39,7 @@ from langchain_core.runnables.config import get_config_list
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 from langchain_divconq.local.decoding import (
+    BATCH_ROWS,
     BATCH_TICKET,
     CANCEL_EVENT,
     BatchTicket,
@@ -46,9 +47,9 @@ from langchain_divconq.local.decoding import (
     GenerationParams,
     GenerationResult,
     MicroBatcher,
+    RequestFeed,
     StopCriteria,
     TokenQueue,
-    all_cancelled,
     cut_text,
     expired,
     held_back,
@@ -216,6 +217,9 @@ class ChatLocalModel(BaseChatModel):
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     _gather_s: ClassVar[float] = 1.0
+    serves_concurrent_calls: ClassVar[bool] = True
+    """Concurrent ``batch`` calls are safe and share one engine: a request that arrives while
+    a greedy batch runs joins it (``divconq serve`` relies on this)."""
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _batcher: MicroBatcher | None = PrivateAttr(default=None)
     _batcher_for: int = PrivateAttr(default=0)
@@ -271,7 +275,10 @@ class ChatLocalModel(BaseChatModel):
         with _BATCHER_INIT:
             if self._batcher is None or self._batcher_for != id(self):
                 self._batcher = MicroBatcher(
-                    self._generate_texts, lambda: self.batch_size, gather_s=self._gather_s
+                    self._generate_texts,
+                    lambda: self.batch_size,
+                    gather_s=self._gather_s,
+                    live=True,
                 )
                 self._batcher_for = id(self)
             return self._batcher
@@ -518,6 +525,13 @@ class ChatLocalModel(BaseChatModel):
         in the config is honoured, at the price of smaller batches.
         """
         configs = get_config_list(config, len(inputs))
+        rows = BATCH_ROWS.get()
+        if rows is not None and inputs:  # per-prompt cancel events and completion callbacks
+            from langchain_divconq.local.batch_decoding import batch_with_rows
+
+            return batch_with_rows(
+                self, inputs, configs, rows, return_exceptions=return_exceptions, **kwargs
+            )
         if len(inputs) < 2 or any(c.get("max_concurrency") for c in configs):
             return super().batch(inputs, configs, return_exceptions=return_exceptions, **kwargs)
         configs = [{**c, "max_concurrency": len(inputs)} for c in configs]
@@ -585,27 +599,20 @@ class ChatLocalModel(BaseChatModel):
         prompts: Sequence[list[dict[str, str]]],
         params: GenerationParams,
         cancels: Sequence[threading.Event | None] | None = None,
+        *,
+        feed: RequestFeed | None = None,
     ) -> list[GenerationResult]:
         """Generate one completion per prompt: the single place where the model runs.
 
-        Prompts are chat messages as ``{"role", "content"}`` dicts. They are
-        sorted by length and cut into chunks of ``batch_size`` (less padding),
-        and the results come back in the input order. ``cancels[i]``, once set,
-        stops prompt ``i`` early (its caller left). A faster engine can replace this method.
+        Prompts are chat messages as ``{"role", "content"}`` dicts; results come back in
+        input order. ``cancels[i]``, once set, stops prompt ``i`` at its next step (its
+        caller left). With ``feed`` (from the micro-batcher), each request is answered the
+        moment its row ends and queued requests join the running call; see
+        :mod:`~langchain_divconq.local.batch_decoding`. A faster engine can replace this method.
         """
-        with self._lock:
-            encoded = [self._encode(p) for p in prompts]
-            order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-            results: list[GenerationResult | None] = [None] * len(encoded)
-            for start in range(0, len(order), self.batch_size):
-                chunk = order[start : start + self.batch_size]
-                row_cancels = [cancels[i] for i in chunk] if cancels else None
-                outs = self._generate_ids(
-                    [encoded[i] for i in chunk], params, row_cancels=row_cancels
-                )
-                for i, out in zip(chunk, outs, strict=True):
-                    results[i] = out
-        return [r for r in results if r is not None]
+        from langchain_divconq.local.batch_decoding import generate_texts
+
+        return generate_texts(self, prompts, params, cancels, feed)
 
     def _generate_ids(
         self,
@@ -614,9 +621,12 @@ class ChatLocalModel(BaseChatModel):
         streamer: Any = None,
         cancel: threading.Event | None = None,
         row_cancels: Sequence[threading.Event | None] | None = None,
+        on_row: Callable[[int, GenerationResult], None] | None = None,
     ) -> list[GenerationResult]:
         if self.fast_decoding and streamer is None and params.temperature <= 0:
-            return self._generate_fast(encoded, params, row_cancels)
+            from langchain_divconq.local.batch_decoding import generate_fast
+
+            return generate_fast(self, encoded, params, row_cancels, on_row=on_row)
         torch = require_local()
         from transformers import GenerationConfig, StoppingCriteriaList
 
@@ -635,8 +645,15 @@ class ChatLocalModel(BaseChatModel):
             eos_token_id=self._eos_list,
             **({"temperature": params.temperature, "top_p": params.top_p} if sampling else {}),
         )
+
+        def row_done(i: int, row: list[int]) -> None:  # a row ended while others decode
+            if on_row is not None:
+                gone = expired(cancel) or expired(row_cancels[i] if row_cancels else None)
+                stopped = i in criteria.stopped
+                on_row(i, self._finish(row, len(encoded[i]), params, stopped, timed_out=gone))
+
         criteria = StopCriteria(
-            self._decode, self._eos_ids, width, params, cancel, row_cancels or ()
+            self._decode, self._eos_ids, width, params, cancel, row_cancels or (), row_done
         )
         with torch.inference_mode():
             out = self.model.generate(
@@ -657,56 +674,6 @@ class ChatLocalModel(BaseChatModel):
                 and (expired(cancel) or expired(row_cancels[i] if row_cancels else None)),
             )
             for i, (row, ids) in enumerate(zip(rows, encoded, strict=True))
-        ]
-
-    def _generate_fast(
-        self,
-        encoded: list[list[int]],
-        params: GenerationParams,
-        row_cancels: Sequence[threading.Event | None] | None = None,
-    ) -> list[GenerationResult]:
-        from langchain_divconq.local.engine.generation import generate_greedy
-
-        cut = params.stop or params.max_lines or params.no_repeat_lines
-        events = list(row_cancels or ())
-
-        def stop_hit(ids: Sequence[int]) -> bool:
-            # The engine's checker does not know its row, so the call stops only when
-            # every caller of it is gone.
-            if events and all_cancelled(events):
-                return True
-            return bool(cut) and cut_text(self._decode(ids), params)[1]
-
-        checker = stop_hit if cut or any(e is not None for e in events) else None
-        engine = self._llamacpp_engine()
-        if engine is not None:
-            outs: Sequence[Any] = engine.generate(
-                encoded,
-                max_new_tokens=params.max_tokens,
-                eos_token_ids=self._eos_list,
-                stop_checker=checker,
-            )
-        else:
-            outs = generate_greedy(
-                self.model,
-                encoded,
-                max_new_tokens=params.max_tokens,
-                eos_token_ids=self._eos_list,
-                stop_checker=checker,
-                pad_token_id=self._pad_id,
-                draft=self.draft,
-            )
-        stopped = [out.finish_reason == "stop" for out in outs]
-        return [
-            self._finish(
-                out.token_ids,
-                len(ids),
-                params,
-                stopped[i],
-                timed_out=stopped[i] and expired(events[i] if events else None),
-                backend="llamacpp" if engine is not None else "torch",
-            )
-            for i, (out, ids) in enumerate(zip(outs, encoded, strict=True))
         ]
 
     def _llamacpp_engine(self) -> Any:

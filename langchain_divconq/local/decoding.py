@@ -20,13 +20,16 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 __all__ = [
+    "BATCH_ROWS",
     "BATCH_TICKET",
     "CANCEL_EVENT",
+    "BatchRows",
     "BatchTicket",
     "Deadline",
     "GenerationParams",
     "GenerationResult",
     "MicroBatcher",
+    "RequestFeed",
     "StopCriteria",
     "TokenQueue",
     "all_cancelled",
@@ -146,7 +149,44 @@ CANCEL_EVENT: contextvars.ContextVar[threading.Event | None] = contextvars.Conte
     "divconq_cancel_event", default=None
 )
 """Set by a caller that may abandon its calls (``divconq serve``: a client left, a timeout,
-a shutdown); a local model stops generating for calls made under it once the event is set."""
+a shutdown); a local model stops generating for calls made under it once the event is set.
+Around a ``batch()`` call it stands for the whole call; see :data:`BATCH_ROWS` for one event
+per prompt."""
+
+
+@dataclass(frozen=True)
+class BatchRows:
+    """Per-prompt hooks of one ``batch()`` call: a cancel event and a completion callback each.
+
+    A model that honours :data:`BATCH_ROWS` (``ChatLocalModel``) ends prompt ``i``'s row at
+    its next decoding step once ``cancels[i]`` is set, while the other rows go on, and calls
+    ``on_done(i, reply)`` (``reply``: the message, or the exception under
+    ``return_exceptions=True``) as soon as that prompt is answered, before the call
+    returns. ``on_done`` runs in a worker thread, once per prompt, and must not block.
+
+    Example:
+        .. code-block:: python
+
+            rows = BatchRows([threading.Event(), threading.Event()], on_done=print)
+            token = BATCH_ROWS.set(rows)
+            try:
+                model.batch([prompt_a, prompt_b])
+            finally:
+                BATCH_ROWS.reset(token)
+
+    """
+
+    cancels: Sequence[threading.Event | None]
+    """One event (or None) per prompt of the call, in order."""
+    on_done: Callable[[int, Any], None]
+    """Told ``(index, reply_or_exception)`` the moment each prompt is answered."""
+
+
+BATCH_ROWS: contextvars.ContextVar[BatchRows | None] = contextvars.ContextVar(
+    "divconq_batch_rows", default=None
+)
+"""Set around a ``batch()`` call whose prompts each have their own caller (``divconq serve``):
+see :class:`BatchRows`. Models that do not know it answer the call as a whole."""
 
 
 @dataclass
@@ -166,6 +206,10 @@ class MicroBatcher:
     of at most ``batch_size`` prompts becomes exactly one call. Otherwise it
     takes whatever is queued: requests that arrive while a call runs form the
     next one. The worker thread exits after ``idle_s`` without work.
+
+    With ``live=True``, ``run`` also gets a :class:`RequestFeed` (keyword ``feed``): it
+    answers each request the moment its row ends, and lets requests with equal
+    parameters that arrive while the call runs join it (continuous batching).
     """
 
     def __init__(
@@ -175,7 +219,9 @@ class MicroBatcher:
         *,
         gather_s: float = 1.0,
         idle_s: float = 2.0,
+        live: bool = False,
     ) -> None:
+        self._live = live
         self._run_batch = run
         self._batch_size = batch_size
         self._gather_s = gather_s
@@ -266,22 +312,77 @@ class MicroBatcher:
                     if self._queue:  # never leave callers waiting on a dead worker
                         self._start_worker()
 
+    def _join(self, params: GenerationParams, limit: int) -> list[_Request]:
+        """Take up to ``limit`` queued requests with ``params`` for a running call."""
+        with self._cond:
+            taken = [r for r in self._queue if r.params == params][:limit]
+            self._queue = [r for r in self._queue if all(r is not t for t in taken)]
+        for r in taken:
+            if r.cancel is not None and r.cancel.is_set():
+                r.future.cancel()
+        return [r for r in taken if r.future.set_running_or_notify_cancel()]
+
+    def _has_waiting(self, params: GenerationParams) -> bool:
+        with self._cond:
+            return any(r.params == params for r in self._queue)
+
     def _serve(self, group: list[_Request]) -> None:
+        feed = RequestFeed(self, group) if self._live else None
+        requests = feed.requests if feed is not None else group
         try:
             prompts, params = [r.prompt for r in group], group[0].params
-            if any(r.cancel is not None for r in group):
-                results = self._run_batch(prompts, params, [r.cancel for r in group])
+            cancels = [r.cancel for r in group]
+            if feed is not None:
+                results = self._run_batch(prompts, params, cancels, feed=feed)
+            elif any(c is not None for c in cancels):
+                results = self._run_batch(prompts, params, cancels)
             else:  # an engine that replaced the run method may not take the events
                 results = self._run_batch(prompts, params)
             if len(results) != len(group):
                 msg = f"the engine returned {len(results)} results for {len(group)} prompts"
                 raise RuntimeError(msg)
         except BaseException as exc:  # reported to every waiting caller
-            for r in group:
-                r.future.set_exception(exc)
+            for r in requests:
+                if not r.future.done():
+                    r.future.set_exception(exc)
         else:
             for r, res in zip(group, results, strict=True):
-                r.future.set_result(res)
+                if not r.future.done():
+                    r.future.set_result(res)
+            for r in requests:  # a joined request the engine never answered: a bug
+                if not r.future.done():
+                    msg = "the engine returned without answering a request that joined its call"
+                    r.future.set_exception(RuntimeError(msg))
+
+
+class RequestFeed:
+    """The requests one running engine call serves (see ``MicroBatcher(live=True)``).
+
+    Indices ``0..n-1`` are the call's own prompts; requests that join get the next ones,
+    in the order :meth:`more` returns them.
+    """
+
+    def __init__(self, batcher: MicroBatcher, group: list[_Request]) -> None:
+        self._batcher = batcher
+        self.params = group[0].params
+        self.requests = list(group)
+
+    def deliver(self, index: int, result: GenerationResult) -> None:
+        """Answer request ``index`` now (its row has ended); later answers are ignored."""
+        future = self.requests[index].future
+        if not future.done():
+            future.set_result(result)
+
+    def waiting(self) -> bool:
+        """Whether queued requests with this call's parameters could join it."""
+        return self._batcher._has_waiting(self.params)
+
+    def more(self, limit: int) -> list[tuple[int, Prompt, threading.Event | None]]:
+        """Take up to ``limit`` such requests: ``(index, prompt, cancel event)`` each."""
+        joined = self._batcher._join(self.params, limit)
+        start = len(self.requests)
+        self.requests.extend(joined)
+        return [(start + k, r.prompt, r.cancel) for k, r in enumerate(joined)]
 
 
 class StopCriteria:
@@ -290,7 +391,9 @@ class StopCriteria:
     Rows already ended by an end token are left alone; ``cancel`` ends them all, and
     ``row_cancels[i]`` (one event or None per row) ends row ``i``.
     ``stopped`` holds the rows it ended, so their trailing padding is not
-    mistaken for an end token.
+    mistaken for an end token. ``on_row_done(i, new_ids)`` is told about each row the
+    step it ends (an end token, a stop, a cancel), while ``generate`` still runs the
+    others; rows that reach ``max_tokens`` end with the call.
     """
 
     def __init__(
@@ -301,7 +404,9 @@ class StopCriteria:
         params: GenerationParams,
         cancel: threading.Event | None = None,
         row_cancels: Sequence[threading.Event | None] = (),
+        on_row_done: Callable[[int, list[int]], None] | None = None,
     ) -> None:
+        self.on_row_done = on_row_done
         self.decode = decode
         self.row_cancels = row_cancels
         self.end_ids = end_ids
@@ -328,11 +433,13 @@ class StopCriteria:
             if row[-1] in self.end_ids:
                 self.ended.add(i)
                 done[i] = True
-                continue
-            gone = i < len(self.row_cancels) and _is_set(self.row_cancels[i])
-            if cancelled or gone or self._hit(row[self.width :]):
-                self.stopped.add(i)
-                done[i] = True
+            else:
+                gone = i < len(self.row_cancels) and _is_set(self.row_cancels[i])
+                if cancelled or gone or self._hit(row[self.width :]):
+                    self.stopped.add(i)
+                    done[i] = True
+            if done[i] and self.on_row_done is not None:
+                self.on_row_done(i, row[self.width :])
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
     def _hit(self, generated: list[int]) -> bool:

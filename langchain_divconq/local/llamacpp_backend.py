@@ -12,6 +12,11 @@ prompt:
   are read once per step, not once per row).
 - **The shared prompt prefix is computed once** and copied to every row (the
   decomposer's system prompt), and kept between calls.
+- **Rows come and go independently**: each row has its own cancel event (a set event
+  ends it at the next step), is reported through ``on_finish`` the moment it ends,
+  and frees its sequence for a waiting row (the call's rows beyond ``max_rows``, then a
+  :class:`~langchain_divconq.local.engine.rows.RowSource`), which joins between steps
+  (continuous batching).
 - **Prompt-lookup drafts at batch 1** (off by default; they did not pay on a 2-core
   CPU): n-grams of the prompt propose a few tokens,
   one ``llama_decode`` checks them all and the argmax decides what is kept (the
@@ -33,12 +38,17 @@ import ctypes
 import logging
 import os
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import llama_cpp as lc
 import numpy as np
+
+if TYPE_CHECKING:
+    from langchain_divconq.local.engine.rows import RowSource
 
 __all__ = ["LlamaCppEngine", "LlamaCppOutput"]
 
@@ -53,7 +63,7 @@ class LlamaCppOutput:
     """One row's result: new token ids (eos included when hit) and why it ended."""
 
     token_ids: list[int]
-    finish_reason: str  # "eos", "stop" (stop_checker) or "length"
+    finish_reason: str  # "eos", "stop" (stop_checker), "length" or "cancelled"
     forward_passes: int = 0
 
 
@@ -208,114 +218,240 @@ class LlamaCppEngine:
         max_new_tokens: int,
         eos_token_ids: Sequence[int],
         stop_checker: Callable[[Sequence[int]], bool] | None = None,
+        cancels: Sequence[threading.Event | None] | None = None,
+        on_finish: Callable[[int, LlamaCppOutput], None] | None = None,
+        source: RowSource | None = None,
+        max_rows: int | None = None,
     ) -> list[LlamaCppOutput]:
-        """Greedy-decode every row (prompt token ids); at most ``max_rows`` rows at once."""
-        if not rows:
+        """Greedy-decode every row (prompt token ids); at most ``max_rows`` rows at once.
+
+        Args:
+            rows: The prompts, as token ids.
+            max_new_tokens: The most new tokens per row.
+            eos_token_ids: Tokens that end a row (kept in its output).
+            stop_checker: Called with a row's new tokens after each one; True ends it.
+            cancels: One event (or None) per row; once set, the row ends at its next
+                step with ``finish_reason="cancelled"``.
+            on_finish: Told ``(index, output)`` the moment each row ends.
+            source: Rows that join while the call runs, numbered after ``rows``
+                (their outputs follow in the returned list).
+            max_rows: Most rows at once (at most the engine's ``max_rows``).
+
+        """
+        if not rows and source is None:
             return []
         if any(not r for r in rows):
             msg = "Every prompt needs at least one token."
             raise ValueError(msg)
-        out: list[LlamaCppOutput] = []
+        if cancels is not None and len(cancels) != len(rows):
+            msg = f"cancels has {len(cancels)} events for {len(rows)} rows; pass one per row."
+            raise ValueError(msg)
+        limit = min(max_rows or self.max_rows, self.max_rows)
+        run = _Run(
+            [list(r) for r in rows],
+            list(cancels) if cancels is not None else [None] * len(rows),
+            max_new_tokens,
+            frozenset(eos_token_ids),
+            stop_checker,
+            on_finish,
+            source,
+        )
         with self._lock:
-            for start in range(0, len(rows), self.max_rows):
-                out.extend(
-                    self._generate_chunk(
-                        rows[start : start + self.max_rows],
-                        max_new_tokens,
-                        frozenset(eos_token_ids),
-                        stop_checker,
-                    )
-                )
-        return out
+            self._generate_live(run, limit)
+        return run.outputs
 
-    def _generate_chunk(
-        self,
-        rows: Sequence[Sequence[int]],
-        max_new: int,
-        eos: frozenset[int],
-        stop_checker: Callable[[Sequence[int]], bool] | None,
-    ) -> list[LlamaCppOutput]:
-        shared = self._share_prefix(rows)
-        # The prompts' tokens first, then every row's last token in one call, so
-        # that all rows' logits come from that one call.
-        items: list[tuple[int, int, int, bool]] = []
-        for seq, row in enumerate(rows):
-            items += [(t, i, seq, False) for i, t in enumerate(row[:-1]) if i >= shared]
-        self._decode(items)
-        self._decode([(row[-1], len(row) - 1, seq, True) for seq, row in enumerate(rows)])
-        outputs = [LlamaCppOutput([], "length", 1) for _ in rows]
-        positions = [len(r) for r in rows]
-        logit_index = {seq: seq for seq in range(len(rows))}
-        active = list(range(len(rows)))
-        while active:
-            following: list[int] = []
-            for seq in active:
-                token = self._argmax(logit_index[seq])
-                ids = outputs[seq].token_ids
-                ids.append(token)
-                if token in eos:
-                    outputs[seq].finish_reason = "eos"
-                elif stop_checker is not None and stop_checker(ids):
-                    outputs[seq].finish_reason = "stop"
-                elif len(ids) < max_new:
-                    following.append(seq)
-            active = following
-            if len(active) == 1 and self.lookup_tokens > 0:
-                self._finish_with_lookup(rows, active[0], outputs, positions, max_new, eos,
-                                         stop_checker)  # fmt: skip
-                break
-            if not active:
-                break
+    def _admit(self, run: _Run, seqs: list[int], limit: int) -> list[int]:
+        """Start waiting rows on free sequences; return the indices of those that started.
+
+        Each one's prompt is decoded but for its last token, which the next step feeds.
+        """
+        started = []
+        for index in run.admit(limit):
+            seq = seqs.pop()
+            run.seq[index] = seq
+            prompt = run.prompts[index]
+            lc.llama_memory_seq_rm(self._mem, seq, -1, -1)
+            shared = min(_common_length(self._prefix, prompt), len(prompt) - 1)
+            if shared:
+                lc.llama_memory_seq_cp(self._mem, self._prefix_seq, seq, 0, shared)
+            self._decode([(t, i, seq, False) for i, t in enumerate(prompt[:-1]) if i >= shared])
+            run.positions[index] = len(prompt) - 1
+            run.pending[index] = prompt[-1]
+            started.append(index)
+        return started
+
+    def _generate_live(self, run: _Run, limit: int) -> None:
+        first = run.admit_first(limit)
+        active: list[int] = []
+        logit_index: dict[int, int] = {}
+        if first:
+            shared = self._share_prefix([run.prompts[i] for i in first])
+            # The prompts' tokens first, then every row's last token in one call, so
+            # that all rows' logits come from that one call.
+            items: list[tuple[int, int, int, bool]] = []
+            for seq, index in enumerate(first):
+                run.seq[index] = seq
+                items += [(t, i, seq, False) for i, t in enumerate(run.prompts[index][:-1])
+                          if i >= shared]  # fmt: skip
+            self._decode(items)
             step = []
-            for i, seq in enumerate(active):
-                step.append((outputs[seq].token_ids[-1], positions[seq], seq, True))
-                positions[seq] += 1
-                logit_index[seq] = i
-                outputs[seq].forward_passes += 1
+            for k, index in enumerate(first):
+                prompt = run.prompts[index]
+                step.append((prompt[-1], len(prompt) - 1, k, True))
+                run.positions[index] = len(prompt)
+                logit_index[index] = k
             self._decode(step)
-        return outputs
+            active = list(first)
+        free = [seq for seq in range(self.max_rows - 1, -1, -1) if seq >= len(first)]
+        while True:
+            following: list[int] = []
+            for index in active:
+                if run.push(index, self._argmax(logit_index[index])):
+                    free.append(run.seq[index])
+                else:
+                    following.append(index)
+            active = following
+            room = limit - len(active)
+            if len(active) == 1 and self.lookup_tokens > 0 and not (room > 0 and run.waiting()):
+                self._finish_with_lookup(run, active[0])
+                free.append(run.seq[active[0]])
+                active = []
+                room = limit
+            taken = run.taken
+            joined = self._admit(run, free, room) if room > 0 else []
+            if not active and not joined:
+                if run.taken > taken and run.waiting():
+                    continue  # every row taken was cancelled while it waited; take more
+                return
+            step = []
+            for k, index in enumerate(active):
+                token = run.outputs[index].token_ids[-1]
+                step.append((token, run.positions[index], run.seq[index], True))
+                run.positions[index] += 1
+                logit_index[index] = k
+                run.outputs[index].forward_passes += 1
+            for index in joined:
+                logit_index[index] = len(step)
+                step.append((run.pending[index], run.positions[index], run.seq[index], True))
+                run.positions[index] += 1
+            self._decode(step)
+            active += joined
 
-    def _finish_with_lookup(
-        self,
-        rows: Sequence[Sequence[int]],
-        seq: int,
-        outputs: list[LlamaCppOutput],
-        positions: list[int],
-        max_new: int,
-        eos: frozenset[int],
-        stop_checker: Callable[[Sequence[int]], bool] | None,
-    ) -> None:
+    def _finish_with_lookup(self, run: _Run, index: int) -> None:
         """Decode one row to the end, checking prompt-lookup drafts in each step."""
         from langchain_divconq.local.engine.speculation import _prompt_lookup
 
-        output = outputs[seq]
+        output = run.outputs[index]
         ids = output.token_ids
-        prompt = list(rows[seq])
+        prompt, seq = run.prompts[index], run.seq[index]
         while True:
-            room = max_new - len(ids)
+            room = run.max_new - len(ids)
             draft = _prompt_lookup(prompt + ids, 3, min(self.lookup_tokens, room - 1))
             feed = [ids[-1], *draft]
-            pos = positions[seq]
+            pos = run.positions[index]
             self._decode([(t, pos + i, seq, True) for i, t in enumerate(feed)])
             output.forward_passes += 1
             accepted = 0
             finished = False
             for i in range(len(feed)):
                 token = self._argmax(i)
-                ids.append(token)
                 accepted = i + 1
-                if token in eos:
-                    output.finish_reason, finished = "eos", True
-                elif stop_checker is not None and stop_checker(ids):
-                    output.finish_reason, finished = "stop", True
-                elif len(ids) >= max_new:
-                    finished = True
+                finished = run.push(index, token, report=False)
                 if finished or i == len(draft) or draft[i] != token:
                     break
-            positions[seq] = pos + accepted
-            lc.llama_memory_seq_rm(self._mem, seq, positions[seq], -1)  # rejected drafts
+            run.positions[index] = pos + accepted
+            lc.llama_memory_seq_rm(self._mem, seq, run.positions[index], -1)  # rejected drafts
             if finished:
+                run.finished(index)
                 return
+
+
+class _Run:
+    """The rows of one ``generate`` call: prompts, outputs, sequences, waiting rows."""
+
+    def __init__(
+        self,
+        prompts: list[list[int]],
+        cancels: list[threading.Event | None],
+        max_new: int,
+        eos: frozenset[int],
+        stop_checker: Callable[[Sequence[int]], bool] | None,
+        on_finish: Callable[[int, LlamaCppOutput], None] | None,
+        source: RowSource | None,
+    ) -> None:
+        self.prompts, self.cancels = prompts, cancels
+        self.max_new, self.eos, self.stop_checker = max_new, eos, stop_checker
+        self.on_finish, self.source = on_finish, source
+        self.outputs = [LlamaCppOutput([], "length", 1) for _ in prompts]
+        self.seq: dict[int, int] = {}
+        self.positions: dict[int, int] = {}
+        self.pending: dict[int, int] = {}
+        self._queued: deque[int] = deque(range(len(prompts)))
+        self.taken = 0
+        """Rows taken from the wait so far (started or cancelled there)."""
+
+    def waiting(self) -> bool:
+        return bool(self._queued) or (self.source is not None and self.source.waiting())
+
+    def admit_first(self, limit: int) -> list[int]:
+        """Return the call's own waiting rows that start now (up to ``limit``)."""
+        out: list[int] = []
+        while self._queued and len(out) < limit:
+            index = self._queued.popleft()
+            self.taken += 1
+            if self._cancelled(index):
+                self.outputs[index].forward_passes = 0
+                self.finished(index)
+            else:
+                out.append(index)
+        return out
+
+    def admit(self, limit: int) -> list[int]:
+        """Up to ``limit`` waiting rows (the call's own first, then the source's)."""
+        out = self.admit_first(limit)
+        if self.source is not None and len(out) < limit:
+            for new in self.source.take(limit - len(out)):
+                if not new.prompt:
+                    msg = "A row that joins a batch needs at least one prompt token."
+                    raise ValueError(msg)
+                index = len(self.prompts)
+                self.taken += 1
+                self.prompts.append(list(new.prompt))
+                self.cancels.append(new.cancel)
+                self.outputs.append(LlamaCppOutput([], "length", 1))
+                if self._cancelled(index):
+                    self.outputs[index].forward_passes = 0
+                    self.finished(index)
+                else:
+                    out.append(index)
+        return out
+
+    def _cancelled(self, index: int) -> bool:
+        cancel = self.cancels[index]
+        if cancel is not None and cancel.is_set():
+            self.outputs[index].finish_reason = "cancelled"
+            return True
+        return False
+
+    def push(self, index: int, token: int, *, report: bool = True) -> bool:
+        """Append the row's next token; return True (and report it) when the row ends."""
+        output = self.outputs[index]
+        output.token_ids.append(token)
+        if token in self.eos:
+            output.finish_reason = "eos"
+        elif self._cancelled(index):
+            pass
+        elif self.stop_checker is not None and self.stop_checker(output.token_ids):
+            output.finish_reason = "stop"
+        elif len(output.token_ids) < self.max_new:
+            return False
+        if report:
+            self.finished(index)
+        return True
+
+    def finished(self, index: int) -> None:
+        if self.on_finish is not None:
+            self.on_finish(index, self.outputs[index])
 
 
 def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
