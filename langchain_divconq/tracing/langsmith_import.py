@@ -179,7 +179,14 @@ def _load_runs(path: str | os.PathLike[str], skipped: list[BadRecord] | None) ->
     if not file.is_file():
         msg = f"No such file to import: {file}. Pass a JSON or JSONL file of LangChain runs."
         raise FileNotFoundError(msg)
-    text = file.read_text(encoding="utf-8", errors="replace")
+    data = file.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        text = ""  # read line by line below, where each bad line is a bad record
+        if data.lstrip().startswith(b"["):
+            msg = f"{file} is not UTF-8 text ({exc}); export the runs as UTF-8 JSON."
+            raise ValueError(msg) from exc
     body = text.lstrip()
     loaded = _Runs()
     records: Iterator[tuple[Any, _Place]]
