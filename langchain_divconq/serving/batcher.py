@@ -7,6 +7,14 @@ calls: it waits a few milliseconds after the first request for others to arrive,
 keeps collecting while a batch is running, then runs ``model.batch`` for each
 group of requests that share generation parameters, in a worker thread so the
 event loop stays responsive.
+
+Each request of a batch stays its own: the call runs under
+:data:`~langchain_divconq.local.decoding.BATCH_ROWS`, which gives every prompt its own
+cancel event (set when its client leaves, times out or is aborted) and answers each
+request the moment its row ends. A model that serves concurrent calls
+(``serves_concurrent_calls = True``, as ``ChatLocalModel``) gets each new group at once,
+while earlier ones run, so its requests join the running batch between decoding steps
+(continuous batching); other models get one call at a time.
 """
 
 from __future__ import annotations
@@ -15,7 +23,8 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +32,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableConfig
 
-from langchain_divconq.local.decoding import CANCEL_EVENT
+from langchain_divconq.local.decoding import BATCH_ROWS, CANCEL_EVENT, BatchRows
 
 __all__ = [
     "BatcherClosedError",
@@ -36,6 +45,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _MAX_VARIANTS = 64
+_CALL_THREADS = 32
 
 
 class QueueFullError(RuntimeError):
@@ -91,6 +101,56 @@ class _Item:
     messages: list[BaseMessage]
     params: RequestParams
     future: asyncio.Future[BaseMessage]
+    cancel: threading.Event = field(default_factory=threading.Event)
+    """Set once the request is answered or gone, so its row stops generating."""
+
+
+class _Turns:
+    """Batches share the model with each other; streams hold it alone.
+
+    A waiting stream goes first, so a steady flow of batches cannot starve it.
+    """
+
+    def __init__(self) -> None:
+        self._cond = asyncio.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._waiting = 0
+
+    @contextlib.asynccontextmanager
+    async def shared(self) -> AsyncIterator[None]:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._exclusive and not self._waiting)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            self._shared -= 1
+            await self._notify()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        async with self._cond:
+            self._waiting += 1
+            try:
+                await self._cond.wait_for(lambda: not self._exclusive and not self._shared)
+            finally:
+                self._waiting -= 1
+                self._cond.notify_all()
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            self._exclusive = False
+            await self._notify()
+
+    async def _notify(self) -> None:
+        # shielded: a cancelled holder must still wake the others
+        async def wake() -> None:
+            async with self._cond:
+                self._cond.notify_all()
+
+        await asyncio.shield(wake())
 
 
 class RequestBatcher:
@@ -138,10 +198,14 @@ class RequestBatcher:
         self._admitted = 0
         self._closed = False
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
-        self._lock = asyncio.Lock()
+        self._turns = _Turns()
         self._worker: asyncio.Task[None] | None = None
         self._variants: dict[RequestParams, BaseChatModel] = {}
-        self._running: list[_Item] = []
+        self._running: set[int] = set()
+        self._items: dict[int, _Item] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._concurrent = getattr(model, "serves_concurrent_calls", False) is True
+        self._threads: ThreadPoolExecutor | None = None
         self.aborted = asyncio.Event()
         """Set by :meth:`abort`; streams watch it to end with an error."""
 
@@ -163,7 +227,14 @@ class RequestBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
             self._worker = None
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         self._fail_queued()
+        if self._threads is not None:
+            self._threads.shutdown(wait=False)
+            self._threads = None
 
     def stop_admitting(self) -> None:
         """Refuse new requests with :class:`BatcherClosedError`; admitted ones carry on."""
@@ -178,7 +249,8 @@ class RequestBatcher:
         """
         self._closed = True
         self.aborted.set()
-        for item in self._running:
+        for key in list(self._running):
+            item = self._items[key]
             if not item.future.done():
                 item.future.set_exception(BatcherClosedError(message))
         self._fail_queued(message)
@@ -215,7 +287,10 @@ class RequestBatcher:
         self._admit()
         try:
             future: asyncio.Future[BaseMessage] = asyncio.get_running_loop().create_future()
-            self._queue.put_nowait(_Item(list(messages), params, future))
+            item = _Item(list(messages), params, future)
+            # answered, failed, or its caller left: either way its row may stop now
+            future.add_done_callback(lambda _: item.cancel.set())
+            self._queue.put_nowait(item)
             return await future
         finally:
             self._admitted -= 1
@@ -233,7 +308,7 @@ class RequestBatcher:
         """
         self._admit()
         try:
-            async with self._lock:
+            async with self._turns.exclusive():
                 if self.aborted.is_set():  # shut down while this stream waited for the model
                     msg = "The server is shutting down and takes no new requests."
                     raise BatcherClosedError(msg)
@@ -293,7 +368,10 @@ class RequestBatcher:
                     if not item.future.done():  # skip callers that went away
                         groups.setdefault(item.params, []).append(item)
                 for params, group in groups.items():
-                    await self._run_group(params, group)
+                    if self._concurrent:  # its requests may join a batch already running
+                        self._spawn(self._run_group(params, group), group)
+                    else:
+                        await self._run_group(params, group)
             except asyncio.CancelledError:
                 for item in items:
                     if not item.future.done():
@@ -306,9 +384,31 @@ class RequestBatcher:
                     if not item.future.done():
                         item.future.set_exception(exc)
 
+    def _spawn(self, work: Coroutine[Any, Any, None], group: list[_Item]) -> None:
+        async def guarded() -> None:
+            try:
+                await work
+            except asyncio.CancelledError:
+                for item in group:
+                    if not item.future.done():
+                        msg = "The server shut down before this request was answered."
+                        item.future.set_exception(BatcherClosedError(msg))
+                raise
+            except Exception as exc:  # a bug must not leave callers waiting forever
+                logger.exception("A batch task failed")
+                for item in group:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+
+        task = asyncio.get_running_loop().create_task(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _run_group(self, params: RequestParams, group: list[_Item]) -> None:
         model = self.variant(params)
-        self._running = group  # what abort() fails, retries included
+        for item in group:  # what abort() fails, retries included
+            self._running.add(id(item))
+            self._items[id(item)] = item
         try:
             outputs = await self._call(model, group)
             self.stats.batches += 1
@@ -316,7 +416,9 @@ class RequestBatcher:
             self.stats.batch_sizes[len(group)] = self.stats.batch_sizes.get(len(group), 0) + 1
             await self._retry_shared_failures(model, group, outputs)
         finally:
-            self._running = []
+            for item in group:
+                self._running.discard(id(item))
+                self._items.pop(id(item), None)
         self.stats.requests += len(group)
         for item, output in zip(group, outputs, strict=True):
             if item.future.done():
@@ -352,31 +454,48 @@ class RequestBatcher:
                 outputs[index] = (await self._call(model, [group[index]]))[0]
 
     async def _call(self, model: BaseChatModel, group: list[_Item]) -> list[Any]:
-        """Run ``model.batch`` for ``group`` in a thread; stop it once every caller is gone."""
-        cancel = threading.Event()
+        """Run ``model.batch`` for ``group`` in a thread.
+
+        Each request is answered, and its row stopped, on its own through :data:`BATCH_ROWS`.
+        """
+        loop = asyncio.get_running_loop()
+        everyone_gone = threading.Event()
 
         def gone(_: object) -> None:
             if all(item.future.done() for item in group):
-                cancel.set()
+                everyone_gone.set()
 
         for item in group:
             item.future.add_done_callback(gone)
         prompts: list[Any] = [item.messages for item in group]
 
+        def answered(index: int, reply: Any) -> None:
+            # Failures wait for the call's end: one exception shared by several
+            # requests means the call failed as a whole (see _retry_shared_failures).
+            if not isinstance(reply, BaseException):
+                loop.call_soon_threadsafe(_answer, group[index].future, reply)
+
+        rows = BatchRows([item.cancel for item in group], answered)
+
         def run() -> list[Any]:
-            # model.batch runs each prompt in a thread that copies this context, so a
-            # local model sees the event and ends those rows between decoding steps.
-            token = CANCEL_EVENT.set(cancel)
+            # A model that knows BATCH_ROWS stops each row once its own event is set; one
+            # that knows only CANCEL_EVENT stops the call once every request is gone.
+            cancel_token = CANCEL_EVENT.set(everyone_gone)
+            rows_token = BATCH_ROWS.set(rows)
             try:
                 return model.batch(prompts, self.config, return_exceptions=True)
             finally:
-                CANCEL_EVENT.reset(token)
+                BATCH_ROWS.reset(rows_token)
+                CANCEL_EVENT.reset(cancel_token)
 
+        turn = self._turns.shared() if self._concurrent else self._turns.exclusive()
         try:
-            async with self._lock:
-                return list(await asyncio.to_thread(run))
+            async with turn:
+                return list(await loop.run_in_executor(self._pool(), run))
         except asyncio.CancelledError:
-            cancel.set()  # shutting down: the thread must not keep generating
+            everyone_gone.set()  # shutting down: the thread must not keep generating
+            for item in group:
+                item.cancel.set()
             raise
         except Exception as exc:
             logger.exception("A batch of %d requests failed", len(group))
@@ -385,9 +504,20 @@ class RequestBatcher:
             for item in group:
                 item.future.remove_done_callback(gone)
 
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._threads is None:
+            workers = _CALL_THREADS if self._concurrent else 1
+            self._threads = ThreadPoolExecutor(workers, thread_name_prefix="divconq-batch")
+        return self._threads
+
     def _fail_queued(self, message: str = "") -> None:
         message = message or "The server shut down before this request was answered."
         while not self._queue.empty():
             item = self._queue.get_nowait()
             if not item.future.done():
                 item.future.set_exception(BatcherClosedError(message))
+
+
+def _answer(future: asyncio.Future[BaseMessage], reply: BaseMessage) -> None:
+    if not future.done():
+        future.set_result(reply)

@@ -491,9 +491,11 @@ def test_local_model_concurrent_requests_share_generate_calls(
     calls: list[int] = []
     generate_texts = type(tiny_chat_model)._generate_texts
 
-    def counting(self: Any, prompts: Any, params: Any, *cancels: Any) -> Any:
-        calls.append(len(prompts))
-        return generate_texts(self, prompts, params, *cancels)
+    def counting(self: Any, prompts: Any, params: Any, *args: Any, **kwargs: Any) -> Any:
+        out = generate_texts(self, prompts, params, *args, **kwargs)
+        feed = kwargs.get("feed")  # requests that joined the running call count too
+        calls.append(len(feed.requests) if feed is not None else len(prompts))
+        return out
 
     monkeypatch.setattr(type(tiny_chat_model), "_generate_texts", counting)
     messages = ask()
