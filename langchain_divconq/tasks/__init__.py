@@ -32,6 +32,8 @@ from langchain_divconq.tasks.math import (
     parse_number,
     predicted_number,
 )
+from langchain_divconq.tasks.multihop import HotpotQATask, break_plans
+from langchain_divconq.tasks.plans import rewrite_plan
 from langchain_divconq.tasks.qa import BamboogleTask, StrategyQATask, normalize_text, yes_no
 
 __all__ = [
@@ -42,11 +44,13 @@ __all__ = [
     "DROPTask",
     "Example",
     "GSM8KTask",
+    "HotpotQATask",
     "MathTask",
     "MultiArithTask",
     "SVAMPTask",
     "StrategyQATask",
     "Task",
+    "break_plans",
     "default_split",
     "download_task_data",
     "drop_metrics",
@@ -59,12 +63,21 @@ __all__ = [
     "predicted_number",
     "read_jsonl",
     "resolve_data_dir",
+    "rewrite_plan",
     "yes_no",
 ]
 
 TASKS: dict[str, type[Task]] = {
     cls.task_name(): cls
-    for cls in (GSM8KTask, DROPTask, BamboogleTask, SVAMPTask, MultiArithTask, StrategyQATask)
+    for cls in (
+        GSM8KTask,
+        DROPTask,
+        BamboogleTask,
+        SVAMPTask,
+        MultiArithTask,
+        StrategyQATask,
+        HotpotQATask,
+    )
 }
 """Registry of task names to task classes."""
 
@@ -75,6 +88,7 @@ _DEFAULT_SPLIT = {
     "svamp": "test",
     "multiarith": "test",
     "strategyqa": "dev",
+    "hotpotqa": "heldout",
 }
 
 
@@ -101,7 +115,8 @@ def load_task(
     """Load a task's split from the data root.
 
     Args:
-        name: One of ``gsm8k``, ``drop``, ``bamboogle``, ``svamp``, ``multiarith``, ``strategyqa``.
+        name: One of ``gsm8k``, ``drop``, ``bamboogle``, ``svamp``, ``multiarith``,
+            ``strategyqa``, ``hotpotqa`` (Break's plans; decomposition quality only).
         split: The split (see each task's ``splits``); None picks :func:`default_split`.
         data_dir: The data root holding one folder per task; else ``$DIVCONQ_DATA``,
             else ``../shared/data`` relative to the working directory. ``"hub"`` downloads

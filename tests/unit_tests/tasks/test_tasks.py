@@ -286,4 +286,6 @@ def test_real_data_fields() -> None:
     assert bamboogle.examples[47].answers[-1] == "Mildred Gale"
     sqa = load_task("strategyqa", split="dev", data_dir=DATA)
     assert sqa.examples[0].answer == "no" and len(sqa.examples[0].sub_questions) == 2
-    assert set(TASKS) == {"gsm8k", "drop", "bamboogle", "svamp", "multiarith", "strategyqa"}
+    assert set(TASKS) == {
+        "gsm8k", "drop", "bamboogle", "svamp", "multiarith", "strategyqa", "hotpotqa"
+    }
