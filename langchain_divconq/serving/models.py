@@ -95,7 +95,7 @@ class ServedModels:
         self._make_batcher = make_batcher
         self.loader = loader
         self._models: dict[str, ServedModel] = {}
-        self._draining: set[asyncio.Task[None]] = set()
+        self._draining: dict[asyncio.Task[None], ServedModel] = {}
         self._update = asyncio.Lock()
         self._started = False
         self._closed = False
@@ -195,8 +195,8 @@ class ServedModels:
             del self._models[served.name]
             served.batcher.stop_admitting()
             task = asyncio.get_running_loop().create_task(self._close_when_idle(served))
-            self._draining.add(task)
-            task.add_done_callback(self._draining.discard)
+            self._draining[task] = served
+            task.add_done_callback(lambda done: self._draining.pop(done, None))
             logger.warning("Stopped serving %r", served.name)
             return served
 
@@ -214,21 +214,22 @@ class ServedModels:
 
     async def close(self) -> None:
         """Close every batcher, the ones still draining after an unload too."""
-        for task in list(self._draining):
+        for task, unloaded in list(self._draining.items()):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            await unloaded.batcher.close()
         for served in self:
             await served.batcher.close()
 
     def stop_admitting(self) -> None:
         """Refuse new requests on every model (the start of a graceful shutdown)."""
-        for served in self:
+        for served in [*self, *self._draining.values()]:
             served.batcher.stop_admitting()
 
     def abort(self, message: str) -> None:
         """Fail every admitted request of every model (the end of the grace period)."""
-        for served in self:
+        for served in [*self, *self._draining.values()]:
             served.batcher.abort(message)
 
     # ------------------------------------------------------------------ views

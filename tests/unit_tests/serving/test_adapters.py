@@ -274,3 +274,30 @@ def test_divconq_serve_prints_its_url_and_serves_two_adapters(
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_unloading_lets_running_requests_finish() -> None:
+    import threading
+
+    app = create_app(
+        served_model(),
+        model_id="m",
+        api_key=KEY,
+        adapter_loader=lambda path: served_model(batch_delay=1.0),
+    )
+    with running_server(app) as url:
+        assert _post(url, "/load_lora_adapter", {"lora_name": "slow", "lora_path": "p"}).is_success
+        client = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0)
+        replies: list[Any] = []
+        running = threading.Thread(
+            target=lambda: replies.append(
+                client.chat.completions.create(model="slow", messages=_ask("Hi"))
+            )
+        )
+        running.start()
+        time.sleep(0.3)  # the request is in its batch now
+        assert _post(url, "/unload_lora_adapter", {"lora_name": "slow"}).status_code == 200
+        running.join(timeout=30)
+        assert replies and replies[0].model == "slow"  # answered, not failed
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="slow", messages=_ask("Hi"))
