@@ -1,5 +1,8 @@
 """The one JSONL reader and writers: traces, evaluation records, task data and exports.
 
+Every file written here is created owner-only (:data:`PRIVATE_FILE_MODE`) unless the
+caller asks otherwise: these files hold prompts, model outputs and error texts.
+
 One rule for torn and malformed lines everywhere: a last line without its
 newline is what a crash (or a full disk) mid-write leaves behind, and every
 message about it says so. Files people hand us (task data, imports) are read
@@ -43,6 +46,7 @@ __all__ = [
     "iter_lines",
     "read_jsonl",
     "write_jsonl",
+    "write_text_file",
 ]
 
 logger = logging.getLogger(__name__)
@@ -133,6 +137,25 @@ def read_jsonl(
             logger.warning("%s: skipping a line that is not valid JSON (%s)", where, exc)
 
 
+@contextmanager
+def _replacing(path: str | os.PathLike[str], mode: int) -> Iterator[Any]:
+    """Yield a text handle whose content replaces ``path`` whole when the block ends.
+
+    Written to a hidden temporary name first and renamed, so a crash never leaves
+    half a file behind. The file gets ``mode``, also when it replaces a file (or a
+    leftover temporary one) that had other bits.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    # A leftover partial file keeps its old bits (os.open applies mode only on creation).
+    os.fchmod(fd, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        yield handle
+    os.replace(partial, target)
+
+
 def write_jsonl(
     path: str | os.PathLike[str],
     rows: Iterable[Mapping[str, Any]],
@@ -141,23 +164,27 @@ def write_jsonl(
 ) -> int:
     """Write ``rows`` to ``path`` as JSONL, replacing it whole; return the row count.
 
-    Written to a hidden temporary name first and renamed, so a crash never leaves
-    half a file behind. The file gets ``mode`` (owner-only by default), also when
-    it replaces a file that had other bits.
+    Atomic (a crash never leaves half a file), and owner-only unless ``mode`` says otherwise.
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
     count = 0
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    # A leftover partial file keeps its old bits (os.open applies mode only on creation).
-    os.fchmod(fd, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+    with _replacing(path, mode) as handle:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
             count += 1
-    os.replace(partial, target)
     return count
+
+
+def write_text_file(
+    path: str | os.PathLike[str], text: str, *, mode: int = PRIVATE_FILE_MODE
+) -> Path:
+    """Write ``text`` to ``path``, replacing it whole, and return the path.
+
+    For reports that hold model I/O (a JSON dump of records): atomic, and
+    owner-only unless ``mode`` says otherwise, as :func:`write_jsonl`.
+    """
+    with _replacing(path, mode) as handle:
+        handle.write(text)
+    return Path(path)
 
 
 class JsonlAppender:

@@ -105,6 +105,7 @@ def _run(args: argparse.Namespace) -> int:
     from langchain_divconq.evaluation.pricing import PriceTable
     from langchain_divconq.evaluation.quality import quality_from_outputs, trivial_plan
     from langchain_divconq.evaluation.report import run_paths, save_summary, write_report
+    from langchain_divconq.jsonl import write_text_file
     from langchain_divconq.tasks import load_task
 
     if args.limit is not None and args.limit < 1:
@@ -155,8 +156,7 @@ def _run(args: argparse.Namespace) -> int:
                 max_sub_questions=args.max_sub_questions,
             )
             path = out / "quality" / records_path.parent.name / f"{task.name}-{task.split}.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(quality.model_dump_json(indent=2), encoding="utf-8")
+            write_text_file(path, quality.model_dump_json(indent=2))  # holds outputs: 0600
             summary = quality.model_dump(exclude={"records"})
             summary["trivial_plan"] = trivial.model_dump(
                 include={"token_f1", "token_f1_ci", "count_match", "mean_predicted"}

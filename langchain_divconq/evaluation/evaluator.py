@@ -10,7 +10,10 @@ question is recorded with its error and scored 0; it never stops the run.
 
 With ``records_path`` every finished question is appended to a JSONL file as soon
 as its batch ends; a later call with the same file skips the questions already
-answered without error (resume after a crash or Ctrl-C).
+answered without error (resume after a crash or Ctrl-C). The file is created
+owner-only (0600), and every record's model texts and error are scrubbed of
+credentials first (:func:`~langchain_divconq.secrets.scrub_text`): an upstream
+error quotes what it was sent, ``Authorization`` headers included.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from langchain_divconq.evaluation.pricing import PriceTable
 from langchain_divconq.jsonl import JsonlAppender, iter_lines
 from langchain_divconq.progress import chunks, progress_bar
 from langchain_divconq.prompts import extract_answer, message_text
+from langchain_divconq.secrets import scrub_text
 from langchain_divconq.tasks import Example, Task
 from langchain_divconq.tracing.usage import NodeStats, NodeUsageCollector, TokenCounter
 
@@ -166,7 +170,25 @@ def _solution_of(output: Any) -> tuple[str, str | None, list[str]]:
     return message_text(output), None, []
 
 
+def _scrubbed(record: EvalRecord) -> EvalRecord:
+    """Return ``record`` with credentials scrubbed from the texts models and APIs wrote."""
+    update: dict[str, Any] = {
+        name: scrub_text(value)
+        for name in ("error", "decomposition", "solution", "prediction")
+        if isinstance(value := getattr(record, name), str)
+    }
+    update["sub_questions"] = [scrub_text(q) for q in record.sub_questions]
+    return record.model_copy(update=update)
+
+
 def _record(task: Task, example: Example, output: Any, collector: NodeUsageCollector) -> EvalRecord:
+    """Score one chain output (scored on the raw text, returned scrubbed)."""
+    return _scrubbed(_raw_record(task, example, output, collector))
+
+
+def _raw_record(
+    task: Task, example: Example, output: Any, collector: NodeUsageCollector
+) -> EvalRecord:
     record = EvalRecord(
         id=example.id,
         question=example.question,

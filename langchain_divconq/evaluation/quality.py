@@ -42,6 +42,7 @@ from langchain_divconq.prompts import (
     message_text,
     parse_sub_questions,
 )
+from langchain_divconq.secrets import scrub_text
 from langchain_divconq.tasks import Example, Task
 
 __all__ = [
@@ -448,7 +449,7 @@ def quality_from_outputs(
         )
         if isinstance(output, BaseException) or output is None:
             error = "no output" if output is None else f"{type(output).__name__}: {output}"
-            record = record.model_copy(update={"error": error})
+            record = record.model_copy(update={"error": scrub_text(error)})
         else:
             predicted = parse_sub_questions(output, max_sub_questions)
             record = record.model_copy(

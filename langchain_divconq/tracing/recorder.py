@@ -17,20 +17,20 @@ Secrets never reach a trace: invocation parameters and metadata are scrubbed of
 API keys, tokens, passwords and auth headers (by key name and by value shape),
 every text of the trace (errors from upstream APIs, prompts, outputs) is scrubbed
 of credentials (:func:`scrub_text`), and the serialized model (which can hold
-keys in its ``repr``) is not stored.
+keys in its ``repr``) is not stored. The scrubber lives in
+:mod:`langchain_divconq.secrets` (shared with evaluation records, the server's
+error bodies and the CLI's logs); its names stay importable from here.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
@@ -40,6 +40,7 @@ from langchain_core.outputs import ChatGeneration, LLMResult
 from pydantic import BaseModel
 
 from langchain_divconq.prompts import NODE_METADATA_KEY, extract_answer, message_text
+from langchain_divconq.secrets import REDACTED, scrub_secrets, scrub_text
 from langchain_divconq.tracing.scoring import Checker, score_trace
 from langchain_divconq.tracing.store import MemoryTraceStore, TraceStore, open_store
 from langchain_divconq.tracing.trace import NodeCall, TokenUsage, Trace
@@ -49,101 +50,8 @@ __all__ = ["REDACTED", "TraceRecorder", "scrub_secrets", "scrub_text", "scrub_tr
 
 logger = logging.getLogger(__name__)
 
-REDACTED = "[REDACTED]"
-"""What a secret is replaced with."""
-
 _NODES = ("decomposer", "solver")
 _ROOT = "chain"
-_SECRET_KEY = re.compile(
-    r"api[_-]?key|apikey|secret|passw|authoriz|(^|[_-])auth($|[_-])|credential|cookie|"
-    r"bearer|(^|[_-])token$|access[_-]?token|refresh[_-]?token|session[_-]?(key|id)|"
-    r"private[_-]?key|signature",
-    re.IGNORECASE,
-)
-_SECRET_VALUE = re.compile(
-    r"\b(?:sk|rk|pk)-[A-Za-z0-9_\-]{8,}|\bBearer\s+[A-Za-z0-9._~+/=\-]{8,}|"
-    r"\bxox[abprs]-[A-Za-z0-9\-]{8,}|\bgh[pousr]_[A-Za-z0-9]{16,}|\bhf_[A-Za-z0-9]{16,}|"
-    r"\bAKIA[0-9A-Z]{16}\b|\bAIza[0-9A-Za-z_\-]{20,}|"
-    r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}",  # a JWT
-)
-# A secret named in free text: ``api_key=...``, ``"password": "..."``,
-# ``Authorization: Basic ...``. The name and separator stay, the value goes.
-_SECRET_ASSIGNMENT = re.compile(
-    r"(?P<name>\b(?:x-)?api[_-]?key|\bapikey|\b(?:access|refresh|auth|id|session)[_-]?token|"
-    r"\bclient[_-]?secret|\bsecret[_-]?key|\bprivate[_-]?key|\bpassword|\bpasswd|"
-    r"\b(?:proxy-)?authorization)"
-    r"(?P<sep>[\"']?\s*[:=]\s*[\"']?)"
-    r"(?P<value>(?:(?:Basic|Bearer|Token|Digest)\s+)?[^\s\"'`,;&<>(){}\[\]]{3,})",
-    re.IGNORECASE,
-)
-# Credentials in a URL: ``https://user:password@host``.
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>\b[a-z][a-z0-9+.\-]*://)[^\s/@:]+:[^\s/@]+@", re.I)
-_MAX_DEPTH = 8
-
-
-@lru_cache(maxsize=4096)
-def _is_secret_key(name: str) -> bool:
-    return _SECRET_KEY.search(name) is not None
-
-
-def scrub_text(text: str) -> str:
-    """Replace credentials inside free text (error messages, prompts, outputs) by :data:`REDACTED`.
-
-    Catches key-shaped strings (``sk-...``, ``Bearer ...``, ``hf_...``, JWTs),
-    values named as secrets (``api_key=...``, ``"password": "..."``,
-    ``Authorization: Basic ...``) and passwords in URLs (``https://user:pw@host``).
-    Runs in linear time.
-
-    Example:
-        >>> scrub_text("401 for Authorization: Bearer sk-abcdefghijkl at https://u:pw@h/x")
-        '401 for Authorization: [REDACTED] at https://[REDACTED]@h/x'
-
-    """
-    if not text:
-        return text
-    text = _SECRET_ASSIGNMENT.sub(lambda m: f"{m['name']}{m['sep']}{REDACTED}", text)
-    text = _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{REDACTED}@", text)
-    return _SECRET_VALUE.sub(REDACTED, text)
-
-
-def scrub_secrets(value: Any, *, values: bool = True, _depth: int = 0) -> Any:
-    """Return a JSON-safe copy of ``value`` with secrets replaced by :data:`REDACTED`.
-
-    Keys that name a secret (``api_key``, ``Authorization``, ``hf_token``,
-    ``password``, ...) have their values replaced; strings shaped like keys
-    (``sk-...``, ``Bearer ...``, ``hf_...``) and named secrets inside text
-    (``api_key=...``; see :func:`scrub_text`) are replaced wherever they are,
-    unless ``values=False``.
-    Objects that are not plain data become ``<TypeName>`` (never their repr,
-    which can show a client's key).
-
-    Example:
-        >>> scrub_secrets({"api_key": "x", "max_tokens": 5, "h": "Bearer abc123xyz"})
-        {'api_key': '[REDACTED]', 'max_tokens': 5, 'h': '[REDACTED]'}
-
-    """
-    if _depth > _MAX_DEPTH:
-        return "<nested>"
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    if isinstance(value, str):
-        return scrub_text(value) if values else value
-    if isinstance(value, UUID | datetime):
-        return str(value)
-    if isinstance(value, BaseModel):
-        value = value.model_dump(mode="json")
-    if isinstance(value, Mapping):
-        clean: dict[str, Any] = {}
-        for key, item in value.items():
-            name = str(key)
-            if _is_secret_key(name) and item not in (None, "", [], {}):
-                clean[name] = REDACTED
-            else:
-                clean[name] = scrub_secrets(item, values=values, _depth=_depth + 1)
-        return clean
-    if isinstance(value, list | tuple | set | frozenset):
-        return [scrub_secrets(item, values=values, _depth=_depth + 1) for item in value]
-    return f"<{type(value).__name__}>"
 
 
 def _scrub_data(value: Any) -> Any:

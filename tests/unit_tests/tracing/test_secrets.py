@@ -23,13 +23,17 @@ SECRETS = [
     "FAKE-query-key-0123456789",
     "FAKE-url-password-01",
     "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.FAKEsignature0123",
+    "abcd1234efgh5678",
+    "sk-ant-FAKE0123456789abcdef",
+    "FAKE-header-key-0123",
 ]
 
 UPSTREAM_ERROR = (
     "Error code: 401 - {'error': {'message': 'Incorrect API key provided: "
     f"Bearer {SECRETS[0]}. Authorization: Basic {SECRETS[1]}', 'password': '{SECRETS[2]}'}}}} "
     f"while calling https://api.example.com/v1/chat?api_key={SECRETS[3]}&model=gpt "
-    f"via https://bob:{SECRETS[4]}@proxy.example.com:8080 with token {SECRETS[5]}"
+    f"via https://bob:{SECRETS[4]}@proxy.example.com:8080 with token {SECRETS[5]}; "
+    f"retry token={SECRETS[6]} api_key={SECRETS[7]} x-api-key: {SECRETS[8]}"
 )
 
 
