@@ -44,8 +44,11 @@ from langchain_divconq.local.decoding import (
 if TYPE_CHECKING:
     from langchain_core.runnables import RunnableConfig
 
-    from langchain_divconq.local.chat_model import ChatLocalModel
     from langchain_divconq.local.engine.rows import NewRow
+
+ChatLocalModel = Any
+"""A ``ChatLocalModel`` (not imported: it imports this module); its private helpers
+(``_lock``, ``_encode``, ``_finish``...) are the ones used here."""
 
 __all__ = ["batch_with_rows", "generate_fast", "generate_texts"]
 

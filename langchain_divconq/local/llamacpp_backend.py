@@ -247,7 +247,7 @@ class LlamaCppEngine:
             msg = f"cancels has {len(cancels)} events for {len(rows)} rows; pass one per row."
             raise ValueError(msg)
         limit = min(max_rows or self.max_rows, self.max_rows)
-        run = _Run(
+        run = _LiveRows(
             [list(r) for r in rows],
             list(cancels) if cancels is not None else [None] * len(rows),
             max_new_tokens,
@@ -260,7 +260,7 @@ class LlamaCppEngine:
             self._generate_live(run, limit)
         return run.outputs
 
-    def _admit(self, run: _Run, seqs: list[int], limit: int) -> list[int]:
+    def _admit(self, run: _LiveRows, seqs: list[int], limit: int) -> list[int]:
         """Start waiting rows on free sequences; return the indices of those that started.
 
         Each one's prompt is decoded but for its last token, which the next step feeds.
@@ -280,7 +280,7 @@ class LlamaCppEngine:
             started.append(index)
         return started
 
-    def _generate_live(self, run: _Run, limit: int) -> None:
+    def _generate_live(self, run: _LiveRows, limit: int) -> None:
         first = run.admit_first(limit)
         active: list[int] = []
         logit_index: dict[int, int] = {}
@@ -337,7 +337,7 @@ class LlamaCppEngine:
             self._decode(step)
             active += joined
 
-    def _finish_with_lookup(self, run: _Run, index: int) -> None:
+    def _finish_with_lookup(self, run: _LiveRows, index: int) -> None:
         """Decode one row to the end, checking prompt-lookup drafts in each step."""
         from langchain_divconq.local.engine.speculation import _prompt_lookup
 
@@ -366,7 +366,7 @@ class LlamaCppEngine:
                 return
 
 
-class _Run:
+class _LiveRows:
     """The rows of one ``generate`` call: prompts, outputs, sequences, waiting rows."""
 
     def __init__(

@@ -14,17 +14,15 @@ import time
 from typing import Any
 
 import pytest
-from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
 
 from langchain_divconq.local.decoding import BATCH_ROWS
 from langchain_divconq.serving.batcher import RequestBatcher, RequestParams
+from tests.unit_tests.fakes import ScriptedChatModel
 
 
-class RowTimedModel(BaseChatModel):
+class RowTimedModel(ScriptedChatModel):
     """A fake batched model: each prompt's row takes the seconds named in its text.
 
     Under ``BATCH_ROWS`` it answers each row when the row ends and stops a row once its
@@ -32,22 +30,6 @@ class RowTimedModel(BaseChatModel):
     """
 
     stopped: list[str] = []
-    calls: int = 0
-
-    @property
-    def _llm_type(self) -> str:
-        return "row-timed"
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        text = str(messages[-1].content)
-        time.sleep(float(text.split()[-1]))
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(text))])
 
     def batch(
         self,
