@@ -18,6 +18,16 @@ Run from the project root:
     python benchmarks/serve_load.py --threads 1        # one torch thread (busy machine)
     python benchmarks/serve_load.py --quick            # fewer requests
     python benchmarks/serve_load.py --decomposer PATH --adapter PATH
+    python benchmarks/serve_load.py --scenario long-short --threads 1
+
+``--scenario long-short`` measures head-of-line blocking instead, in process, through
+the server's own :class:`~langchain_divconq.serving.batcher.RequestBatcher` (no HTTP):
+one long request, then several short ones 0.5 s later with the same settings, and
+then the same batch where the long request's client leaves after 0.5 s, followed by
+one more short request. It prints each request's latency with ``isolate_rows=False``
+(``before``: one cancel event per batch, answers when the whole call returns) and
+``isolate_rows=True`` (``after``: per-request cancel events, each row answered when it
+ends, requests join a running batch).
 """
 
 from __future__ import annotations
@@ -178,8 +188,104 @@ def bench_level(
     return result
 
 
+LONG_PROMPT = "Write a long, detailed story about a dragon who learns to bake bread."
+SHORT_PROMPTS = [
+    "Answer with one word: what colour is the sky on a clear day?",
+    "Say hello.",
+    "What is 2 + 2? Answer with the number only.",
+    "Name one fruit. One word.",
+]
+
+
+async def _long_short_round(batcher: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from langchain_core.messages import HumanMessage
+
+    from langchain_divconq.serving.batcher import RequestParams
+
+    params = RequestParams(temperature=0.0, max_tokens=args.max_tokens)
+    shorts = SHORT_PROMPTS[: args.shorts]
+
+    async def ask(prompt: str) -> dict[str, Any]:
+        started = time.perf_counter()
+        reply = await batcher.submit([HumanMessage(prompt)], params)
+        usage = getattr(reply, "usage_metadata", None) or {}
+        return {
+            "prompt": prompt[:24],
+            "latency_s": round(time.perf_counter() - started, 2),
+            "tokens": usage.get("output_tokens"),
+        }
+
+    # 1. the long request runs; the short ones arrive 0.5 s later
+    long = asyncio.ensure_future(ask(LONG_PROMPT))
+    await asyncio.sleep(0.5)
+    beside = await asyncio.gather(*(ask(p) for p in shorts))
+    beside_long = await long
+    # 2. one batch; the long request's client leaves after 0.5 s; one more short request
+    leaving = asyncio.ensure_future(ask(LONG_PROMPT))
+    together = asyncio.ensure_future(asyncio.gather(*(ask(p) for p in shorts)))
+    await asyncio.sleep(0.5)
+    leaving.cancel()
+    shared = await together
+    after_leave = await ask(shorts[0])
+    return {
+        "long_then_shorts": {"long": beside_long, "shorts": beside},
+        "client_leaves": {"shorts": shared, "next_request": after_leave},
+    }
+
+
+def long_short(args: argparse.Namespace) -> None:
+    """Head-of-line blocking and cancellation inside a batch, before and after #19."""
+    import torch
+
+    from langchain_divconq.local import load_local_model
+    from langchain_divconq.serving.batcher import RequestBatcher
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    llm = load_local_model(
+        None if args.decomposer == "default" else args.decomposer,
+        adapter=None if args.adapter == "none" else args.adapter,
+        max_tokens=args.max_tokens,
+    )
+    llm.invoke("Warm up.", max_tokens=4)
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    results: dict[str, list[Any]] = {"before": [], "after": []}
+    for _ in range(args.rounds):  # interleaved, so that load changes hit both alike
+        for mode in ("before", "after"):
+
+            async def run(isolate: bool = mode == "after") -> dict[str, Any]:
+                batcher = RequestBatcher(llm, max_batch=32, isolate_rows=isolate)
+                await batcher.start()
+                try:
+                    return await _long_short_round(batcher, args)
+                finally:
+                    await batcher.close()
+
+            result = asyncio.run(run())
+            results[mode].append(result)
+            print(f"[{mode}] {json.dumps(result)}", flush=True)
+    print(
+        json.dumps(
+            {
+                "benchmark": "serve_load long-short",
+                "decomposer": args.decomposer,
+                "adapter": args.adapter,
+                "max_tokens": args.max_tokens,
+                "threads": args.threads,
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+                "load_average_before": load_before,
+                "load_average_after": [round(x, 2) for x in os.getloadavg()],
+                "results": results,
+            }
+        )
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", choices=["load", "long-short"], default="load")
+    parser.add_argument("--shorts", type=int, default=3, help="long-short: short requests")
+    parser.add_argument("--rounds", type=int, default=1, help="long-short: repetitions")
     parser.add_argument("--decomposer", default="default")
     parser.add_argument("--adapter", default="none")
     parser.add_argument("--max-tokens", type=int, default=32)
@@ -190,6 +296,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="clients 1 and 8 only")
     parser.add_argument("--skip-unbatched", action="store_true")
     args = parser.parse_args()
+    if args.scenario == "long-short":
+        if args.max_tokens == parser.get_default("max_tokens"):
+            args.max_tokens = 160
+        long_short(args)
+        return
     if args.quick:
         args.clients = [1, 8]
         args.min_serial_requests = 2

@@ -163,6 +163,12 @@ class RequestBatcher:
             beyond it :meth:`submit` raises :class:`QueueFullError`.
         max_wait_s: How long to wait after the first request for others to join it.
         config: The ``RunnableConfig`` passed to every ``model.batch`` call.
+        isolate_rows: Give each request its own cancel event and answer it as soon as its
+            row ends (:data:`~langchain_divconq.local.decoding.BATCH_ROWS`), and let a model
+            that serves concurrent calls take new requests while a batch runs. False
+            restores the behaviour before: one cancel event per batch (set once all of its
+            requests are gone), answers when the whole call returns, one call at a time
+            (``benchmarks/serve_load.py --scenario long-short`` compares the two).
 
     Example:
         .. code-block:: python
@@ -182,6 +188,7 @@ class RequestBatcher:
         max_queue: int = 256,
         max_wait_s: float = 0.005,
         config: RunnableConfig | None = None,
+        isolate_rows: bool = True,
     ) -> None:
         if max_batch < 1 or max_queue < 1 or max_wait_s < 0:
             msg = (
@@ -204,7 +211,8 @@ class RequestBatcher:
         self._running: set[int] = set()
         self._items: dict[int, _Item] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._concurrent = getattr(model, "serves_concurrent_calls", False) is True
+        self.isolate_rows = isolate_rows
+        self._concurrent = isolate_rows and getattr(model, "serves_concurrent_calls", False) is True
         self._threads: ThreadPoolExecutor | None = None
         self.aborted = asyncio.Event()
         """Set by :meth:`abort`; streams watch it to end with an error."""
@@ -481,7 +489,7 @@ class RequestBatcher:
             # A model that knows BATCH_ROWS stops each row once its own event is set; one
             # that knows only CANCEL_EVENT stops the call once every request is gone.
             cancel_token = CANCEL_EVENT.set(everyone_gone)
-            rows_token = BATCH_ROWS.set(rows)
+            rows_token = BATCH_ROWS.set(rows if self.isolate_rows else None)
             try:
                 return model.batch(prompts, self.config, return_exceptions=True)
             finally:
