@@ -205,7 +205,7 @@ class ChatLocalModel(BaseChatModel):
     """Most seconds one call may take, waiting for its batch included (LangChain's standard
     parameter). When it passes, generation stops at the next step and the text so far
     comes back with ``finish_reason="timeout"``; a call still queued raises ``TimeoutError``.
-    With ``fast_decoding``, a batched call stops once every row in it has timed out.
+    In a batch, each row stops on its own deadline while the others go on.
     None: no limit."""
     max_retries: int = Field(default=0, ge=0)
     """Accepted for code that sets it on every chat model; unused: a model in this process
