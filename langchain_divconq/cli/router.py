@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from importlib import import_module
 
 from langchain_divconq.cli.args import add_model_arguments, build_chain
+from langchain_divconq.secrets import scrub_text, scrubbed_logging
 
 __all__ = ["main"]
 
@@ -117,8 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     try:
-        with contextlib.nullcontext() if args.verbose else quiet_libraries():
+        # Logs quote upstream errors (Authorization headers, keys in URLs): scrub them all.
+        quiet = contextlib.nullcontext() if args.verbose else quiet_libraries()
+        with scrubbed_logging(), quiet:
             return int(args.handler(args) or 0)
     except (ValueError, TypeError, ImportError, FileNotFoundError) as exc:
-        print(f"divconq {args.command}: error: {exc}", file=sys.stderr)
+        print(f"divconq {args.command}: error: {scrub_text(str(exc))}", file=sys.stderr)
         return 2

@@ -35,6 +35,7 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.messages.ai import UsageMetadata, add_usage
 
 from langchain_divconq.prompts import message_text
+from langchain_divconq.secrets import SecretsFilter, scrub_text
 from langchain_divconq.serving.access import LOCAL_HOSTS, AccessPolicy
 from langchain_divconq.serving.adapter_api import add_adapter_routes
 from langchain_divconq.serving.batcher import (
@@ -75,6 +76,8 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_ALIAS", "create_app"]
 
 logger = logging.getLogger(__name__)
+# Tracebacks of failed generations quote upstream errors, credentials included.
+logger.addFilter(SecretsFilter())
 
 T = TypeVar("T")
 
@@ -287,7 +290,7 @@ def create_app(
             raise APIError(503, str(exc), type="server_error", code="shutting_down") from exc
         except Exception as exc:
             logger.exception("Generation failed")
-            msg = f"Generation failed: {type(exc).__name__}: {exc}"
+            msg = scrub_text(f"Generation failed: {type(exc).__name__}: {exc}")
             raise APIError(500, msg, type="server_error", code="generation_failed") from exc
         text, stopped = cut_at_stop(message_text(reply), params.stop)
         usage = getattr(reply, "usage_metadata", None)
@@ -545,7 +548,7 @@ async def _stream_events(
             return
         except Exception as exc:
             logger.exception("Streaming generation failed")
-            msg = f"Generation failed: {type(exc).__name__}: {exc}"
+            msg = scrub_text(f"Generation failed: {type(exc).__name__}: {exc}")
             yield sse(APIError(500, msg, type="server_error", code="generation_failed").body())
             yield sse("[DONE]")
             return
