@@ -315,20 +315,27 @@ class _Speculation:
             feed.finished(index)
             return False
         interrupt: Callable[[], bool] | None = feed.waiting if feed.source is not None else None
-        if self.drafter is not None:
-            _speculate_drafted(
-                model, self.drafter, cache, row, device, stop, self.num_draft, self.max_ngram,
-                self.adaptive, interrupt,
-            )  # fmt: skip
-        else:
-            _speculate(model, cache, row, device, stop, self.num_draft, self.max_ngram, self.tuner,
-                       interrupt)  # fmt: skip
-        if row.finish is not None:
-            feed.finished(index)
-            return False
-        # Others wait: go on as a padded batch that they join.
-        decode_live(model, feed, device, stop, pad, single_row_batch(index, row, cache, device))
-        return True
+        while True:
+            if self.drafter is not None:
+                _speculate_drafted(
+                    model, self.drafter, cache, row, device, stop, self.num_draft,
+                    self.max_ngram, self.adaptive, interrupt,
+                )  # fmt: skip
+            else:
+                _speculate(model, cache, row, device, stop, self.num_draft, self.max_ngram,
+                           self.tuner, interrupt)  # fmt: skip
+            if row.finish is not None:
+                feed.finished(index)
+                return False
+            # Others wait: go on as a padded batch that they join, and take the row back
+            # (at batch 1, speculatively) once it is alone again.
+            start = single_row_batch(index, row, cache, device)
+            batch = decode_live(model, feed, device, stop, pad, start, hand_back=True)
+            if batch is None:
+                return True
+            index = batch.rows[0]
+            row = feed.rows[index]
+            cache = batch.single_cache()
 
 
 _fingerprints: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()

@@ -10,7 +10,9 @@ batch's length and stacked onto it. Padding is masked out, so every row gets the
 would get alone, up to floating-point rounding between batch shapes (as for any batch).
 
 A row decoding alone speculatively (batch 1) hands over to this loop when others wait:
-its cache holds every token but its last, which becomes its first fed token here.
+its cache holds every token but its last, which becomes its first fed token here. When
+the others have left and nobody waits, the loop hands the row back
+(``hand_back=True``), so a long request speeds up again once short ones are done.
 """
 
 from __future__ import annotations
@@ -135,6 +137,14 @@ class LiveBatch:
         self.pending = self.pending[index]
         self.rows = [self.rows[j] for j in positions]
 
+    def single_cache(self) -> Any:
+        """Return the cache of a one-row batch without its left padding (for batch-1 loops)."""
+        real = int(self.mask[0].sum())
+        for layer in self.cache.layers:
+            layer.keys = layer.keys[..., -real:, :]
+            layer.values = layer.values[..., -real:, :]
+        return self.cache
+
     def merge(self, other: LiveBatch) -> None:
         """Stack ``other``'s rows under these, left-padding the shorter cache."""
         import torch
@@ -256,12 +266,15 @@ def decode_live(
     stop: RowStop,
     pad: int,
     start: LiveBatch | None = None,
-) -> None:
+    *,
+    hand_back: bool = False,
+) -> LiveBatch | None:
     """Decode until no row runs or waits; rows join whenever a slot is free.
 
-    ``start`` continues a batch already running (a speculative row handing over).
-    Rows that wait when the cache cannot take more (sliding-window layers) start once
-    the running batch is done.
+    ``start`` continues a batch already running (a speculative row handing over). With
+    ``hand_back``, return the batch once a single row is left and none waits (its caller
+    goes on with it at batch 1); else None once every row has ended. Rows that wait when
+    the cache cannot take more (sliding-window layers) start once the running batch is done.
     """
     batch = start
     while True:
@@ -278,5 +291,7 @@ def decode_live(
         if batch is None:
             if joined and feed.waiting():
                 continue  # every admitted row ended at its first token; admit more
-            return
+            return None
+        if hand_back and len(batch.rows) == 1 and not feed.waiting() and mergeable(batch.cache):
+            return batch
         batch = _step(model, batch, feed, stop)

@@ -59,6 +59,19 @@ class RowWatch:
         return False
 
 
+class SetAfter(threading.Event):
+    """An event that reads as set from its ``polls``-th look on (the engine looks once when
+    a row starts and once per token)."""
+
+    def __init__(self, polls: int) -> None:
+        super().__init__()
+        self.polls = polls
+
+    def is_set(self) -> bool:
+        self.polls -= 1
+        return self.polls <= 0
+
+
 class Source:
     """Hands out its rows once the engine has asked ``after`` times (one ask per step)."""
 
@@ -183,3 +196,18 @@ def test_a_speculative_row_hands_over_when_others_join(model: Any, draft: Any) -
     )
     assert [g.token_ids for g in got] == refs
     assert got[0].forward_passes < len(got[0].token_ids) or draft == "lookup"
+
+
+def test_a_row_left_alone_goes_back_to_speculation(model: Any) -> None:
+    from langchain_divconq.local.engine.draft_model import supports_int8_draft
+
+    if not supports_int8_draft(model):
+        pytest.skip("no int8 kernels here")
+    ref = alone(model, PROMPTS[0], 40)
+    source = Source([NewRow(PROMPTS[1], SetAfter(4))], after=2)
+    got = generate_greedy(model, PROMPTS[:1], max_new_tokens=40, source=source, prompt_cache=False)
+    assert got[0].token_ids == ref
+    assert got[1].finish_reason == "cancelled"
+    assert len(got[1].token_ids) == 3  # it shared a few steps with row 0, then left
+    # Back at batch 1, int8 drafts are checked several at a time again.
+    assert got[0].forward_passes < len(ref) - 5
