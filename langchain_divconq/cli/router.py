@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 import warnings
 from collections.abc import Iterator, Sequence
 from importlib import import_module
@@ -123,5 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with scrubbed_logging(), quiet:
             return int(args.handler(args) or 0)
     except (ValueError, TypeError, ImportError, FileNotFoundError) as exc:
+        if args.verbose:  # -v: the traceback too, for a bug report
+            traceback.print_exc()
         print(f"divconq {args.command}: error: {scrub_text(str(exc))}", file=sys.stderr)
         return 2
