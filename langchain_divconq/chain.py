@@ -10,7 +10,7 @@ apps treat them alike.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from langchain_core.callbacks import (
     AsyncCallbackManager,
@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from langchain_divconq.prompts import (
     DEFAULT_MAX_SUB_QUESTIONS,
     NODE_METADATA_KEY,
+    cap_decomposition,
     decomposer_messages,
     extract_answer,
     message_text,
@@ -61,11 +62,29 @@ class DivConqOutput(BaseModel):
     question: str = Field(description="The question that was asked.")
     context: str | None = Field(default=None, description="The passage, if one was given.")
     decomposition: str | None = Field(
-        default=None, description="The decomposer's raw text; None for single-stage chains."
+        default=None,
+        description="The decomposer's raw text (at most MAX_DECOMPOSITION_CHARS, whole lines); "
+        "None for single-stage chains.",
+    )
+    decomposition_truncated: bool = Field(
+        default=False,
+        description="Present (True) only when a runaway decomposer reply was cut to "
+        "MAX_DECOMPOSITION_CHARS before parsing; the trace's metadata says so too.",
     )
     sub_questions: list[str] = Field(description="The parsed sub-questions, possibly empty.")
     solution: str = Field(description="The solver's full text.")
     answer: str | None = Field(description="The final answer after the marker, or None.")
+
+
+class _Plan(NamedTuple):
+    """What the decomposer node gives the solver."""
+
+    text: str | None  # the kept decomposer text; None for single-stage chains
+    sub_questions: list[str]
+    truncated: bool  # a runaway reply was cut to MAX_DECOMPOSITION_CHARS
+
+
+_NO_PLAN = _Plan(None, [], False)
 
 
 def _normalize_input(value: Any) -> tuple[str, str | None]:
@@ -195,24 +214,25 @@ class DivConqChain(RunnableSerializable[Any, dict[str, Any]]):
         return cast(RunnableConfig, {**config, "metadata": metadata})
 
     def _output(
-        self,
-        question: str,
-        context: str | None,
-        decomposition: str | None,
-        sub_questions: list[str],
-        solution: str,
+        self, question: str, context: str | None, plan: _Plan, solution: str
     ) -> dict[str, Any]:
         return {
-            "question": question,
-            "context": context,
-            "decomposition": decomposition,
-            "sub_questions": sub_questions,
+            **self._plan_output(question, context, plan),
             "solution": solution,
             "answer": extract_answer(solution),
         }
 
-    def _parse(self, text: str) -> list[str]:
-        return parse_sub_questions(text, self.max_sub_questions)
+    @staticmethod
+    def _plan_output(question: str, context: str | None, plan: _Plan) -> dict[str, Any]:
+        out: dict[str, Any] = {"question": question, "context": context, "decomposition": plan.text}
+        if plan.truncated:  # only then, so ordinary outputs keep their keys
+            out["decomposition_truncated"] = True
+        return {**out, "sub_questions": plan.sub_questions}
+
+    def _read(self, raw: Any) -> _Plan:
+        """Parse a decomposer reply; a runaway one is cut first (kept and parsed alike)."""
+        text, truncated = cap_decomposition(message_text(raw))
+        return _Plan(text, parse_sub_questions(text, self.max_sub_questions), truncated)
 
     def _decompose(
         self,
@@ -220,15 +240,14 @@ class DivConqChain(RunnableSerializable[Any, dict[str, Any]]):
         context: str | None,
         run_manager: CallbackManagerForChainRun,
         config: RunnableConfig,
-    ) -> tuple[str | None, list[str]]:
+    ) -> _Plan:
         if self.decomposer is None:
-            return None, []
+            return _NO_PLAN
         raw = self.decomposer.invoke(
             decomposer_messages(question, context, max_sub_questions=self.max_sub_questions),
             self._node_config(config, run_manager.get_child(), "decomposer"),
         )
-        text = message_text(raw)
-        return text, self._parse(text)
+        return self._read(raw)
 
     async def _adecompose(
         self,
@@ -236,27 +255,26 @@ class DivConqChain(RunnableSerializable[Any, dict[str, Any]]):
         context: str | None,
         run_manager: AsyncCallbackManagerForChainRun,
         config: RunnableConfig,
-    ) -> tuple[str | None, list[str]]:
+    ) -> _Plan:
         if self.decomposer is None:
-            return None, []
+            return _NO_PLAN
         raw = await self.decomposer.ainvoke(
             decomposer_messages(question, context, max_sub_questions=self.max_sub_questions),
             self._node_config(config, run_manager.get_child(), "decomposer"),
         )
-        text = message_text(raw)
-        return text, self._parse(text)
+        return self._read(raw)
 
     # ---------------------------------------------------------------------- invoke
     def _run(
         self, value: Any, run_manager: CallbackManagerForChainRun, config: RunnableConfig
     ) -> dict[str, Any]:
         question, context = _normalize_input(value)
-        decomposition, subs = self._decompose(question, context, run_manager, config)
+        plan = self._decompose(question, context, run_manager, config)
         solved = self.solver.invoke(
-            self._solver_prompt(question, subs, context),
+            self._solver_prompt(question, plan.sub_questions, context),
             self._node_config(config, run_manager.get_child(), "solver"),
         )
-        return self._output(question, context, decomposition, subs, message_text(solved))
+        return self._output(question, context, plan, message_text(solved))
 
     async def _arun(
         self,
@@ -265,12 +283,12 @@ class DivConqChain(RunnableSerializable[Any, dict[str, Any]]):
         config: RunnableConfig,
     ) -> dict[str, Any]:
         question, context = _normalize_input(value)
-        decomposition, subs = await self._adecompose(question, context, run_manager, config)
+        plan = await self._adecompose(question, context, run_manager, config)
         solved = await self.solver.ainvoke(
-            self._solver_prompt(question, subs, context),
+            self._solver_prompt(question, plan.sub_questions, context),
             self._node_config(config, run_manager.get_child(), "solver"),
         )
-        return self._output(question, context, decomposition, subs, message_text(solved))
+        return self._output(question, context, plan, message_text(solved))
 
     def invoke(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
@@ -295,13 +313,11 @@ class DivConqChain(RunnableSerializable[Any, dict[str, Any]]):
         for value in inputs:  # noqa: B007 - the last chunk is the whole input
             pass
         question, context = _normalize_input(value)
-        decomposition, subs = self._decompose(question, context, run_manager, config)
-        yield AddableDict(
-            question=question, context=context, decomposition=decomposition, sub_questions=subs
-        )
+        plan = self._decompose(question, context, run_manager, config)
+        yield AddableDict(self._plan_output(question, context, plan))
         parts: list[str] = []
         for chunk in self.solver.stream(
-            self._solver_prompt(question, subs, context),
+            self._solver_prompt(question, plan.sub_questions, context),
             self._node_config(config, run_manager.get_child(), "solver"),
         ):
             text = message_text(chunk)
@@ -321,13 +337,11 @@ class DivConqChain(RunnableSerializable[Any, dict[str, Any]]):
         async for value in inputs:  # noqa: B007
             pass
         question, context = _normalize_input(value)
-        decomposition, subs = await self._adecompose(question, context, run_manager, config)
-        yield AddableDict(
-            question=question, context=context, decomposition=decomposition, sub_questions=subs
-        )
+        plan = await self._adecompose(question, context, run_manager, config)
+        yield AddableDict(self._plan_output(question, context, plan))
         parts: list[str] = []
         async for chunk in self.solver.astream(
-            self._solver_prompt(question, subs, context),
+            self._solver_prompt(question, plan.sub_questions, context),
             self._node_config(config, run_manager.get_child(), "solver"),
         ):
             text = message_text(chunk)
@@ -408,7 +422,7 @@ class DivConqChain(RunnableSerializable[Any, dict[str, Any]]):
                 [self._node_config(configs[i], managers[i].get_child(), "decomposer") for i in idx],
                 return_exceptions=True,
             )
-            state.take_decompositions(idx, outs, self._parse)
+            state.take_decompositions(idx, outs, self._read)
         idx = state.pending()
         outs = self.solver.batch(
             [state.solver_prompt(i, self._solver_prompt) for i in idx],
@@ -453,7 +467,7 @@ class DivConqChain(RunnableSerializable[Any, dict[str, Any]]):
                 [self._node_config(configs[i], managers[i].get_child(), "decomposer") for i in idx],
                 return_exceptions=True,
             )
-            state.take_decompositions(idx, outs, self._parse)
+            state.take_decompositions(idx, outs, self._read)
         idx = state.pending()
         outs = await self.solver.abatch(
             [state.solver_prompt(i, self._solver_prompt) for i in idx],
@@ -474,7 +488,7 @@ class _BatchState:
 
     def __init__(self) -> None:
         self.items: list[tuple[str, str | None] | BaseException] = []
-        self.decompositions: dict[int, tuple[str, list[str]]] = {}
+        self.plans: dict[int, _Plan] = {}
 
     @classmethod
     def start(cls, inputs: Sequence[Any]) -> _BatchState:
@@ -496,19 +510,18 @@ class _BatchState:
         question, context = self._item(i)
         return decomposer_messages(question, context, max_sub_questions=max_sub_questions)
 
-    def take_decompositions(self, idx: list[int], outs: list[Any], parse: Any) -> None:
+    def take_decompositions(self, idx: list[int], outs: list[Any], read: Any) -> None:
         for i, out in zip(idx, outs, strict=True):
             try:
                 if isinstance(out, BaseException):
                     raise out
-                text = message_text(out)
-                self.decompositions[i] = (text, parse(text))
+                self.plans[i] = read(out)
             except Exception as exc:
                 self.items[i] = exc
 
     def solver_prompt(self, i: int, build: Any) -> list[BaseMessage]:
         question, context = self._item(i)
-        subs = self.decompositions.get(i, (None, []))[1]
+        subs = self.plans.get(i, _NO_PLAN).sub_questions
         return cast(list[BaseMessage], build(question, subs, context))
 
     def finish(self, idx: list[int], outs: list[Any], output: Any) -> list[Any]:
@@ -518,9 +531,10 @@ class _BatchState:
                 results[i] = out
                 continue
             question, context = self._item(i)
-            decomposition, subs = self.decompositions.get(i, (None, []))
             try:
-                results[i] = output(question, context, decomposition, subs, message_text(out))
+                results[i] = output(
+                    question, context, self.plans.get(i, _NO_PLAN), message_text(out)
+                )
             except Exception as exc:
                 results[i] = exc
         return results

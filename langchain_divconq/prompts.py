@@ -21,9 +21,11 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 __all__ = [
     "ANSWER_MARKER",
     "DEFAULT_MAX_SUB_QUESTIONS",
+    "MAX_DECOMPOSITION_CHARS",
     "MAX_SUB_QUESTION_CHARS",
     "NODE_METADATA_KEY",
     "NO_DECOMPOSITION",
+    "cap_decomposition",
     "decomposer_messages",
     "extract_answer",
     "format_sub_questions",
@@ -157,6 +159,9 @@ _QUESTION_START = re.compile(
 MAX_SUB_QUESTION_CHARS = 1_000
 """The longest sub-question :func:`parse_sub_questions` returns; longer ones are cut to this."""
 
+MAX_DECOMPOSITION_CHARS = 16_000
+"""The most decomposer text the chain parses and keeps (see :func:`cap_decomposition`)."""
+
 # Terminal escape sequences (CSI such as ESC[31m, OSC such as ESC]0;title BEL, and
 # two-byte ESC sequences), removed whole so that no "[31m" is left behind.
 _ESCAPE = re.compile(
@@ -243,6 +248,28 @@ def parse_sub_questions(text: str, max_sub_questions: int = DEFAULT_MAX_SUB_QUES
             if len(found) == max_sub_questions:
                 return found
     return found
+
+
+def cap_decomposition(text: str, limit: int = MAX_DECOMPOSITION_CHARS) -> tuple[str, bool]:
+    """Return ``(kept text, whether it was cut)``: at most ``limit`` characters, whole lines.
+
+    A runaway decomposer (a remote model that never stops) can return megabytes;
+    the parser needs only the first lines, so the chain parses and keeps the text
+    up to the last line break within ``limit`` (or ``limit`` characters of one
+    long line). Replies within the limit are returned unchanged.
+
+    Example:
+        >>> cap_decomposition("How many?\\n" + "x" * 50, limit=20)
+        ('How many?', True)
+        >>> cap_decomposition("How many?")
+        ('How many?', False)
+
+    """
+    if len(text) <= limit:
+        return text, False
+    kept = text[:limit]
+    cut = kept.rfind("\n")
+    return (kept[:cut] if cut > 0 else kept), True
 
 
 def format_sub_questions(sub_questions: Sequence[str]) -> str:

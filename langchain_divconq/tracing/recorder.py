@@ -39,7 +39,12 @@ from langchain_core.messages import BaseMessage, convert_to_openai_messages
 from langchain_core.outputs import ChatGeneration, LLMResult
 from pydantic import BaseModel
 
-from langchain_divconq.prompts import NODE_METADATA_KEY, extract_answer, message_text
+from langchain_divconq.prompts import (
+    NODE_METADATA_KEY,
+    cap_decomposition,
+    extract_answer,
+    message_text,
+)
 from langchain_divconq.secrets import REDACTED, scrub_secrets, scrub_text
 from langchain_divconq.tracing.scoring import Checker, score_trace
 from langchain_divconq.tracing.store import MemoryTraceStore, TraceStore, open_store
@@ -244,7 +249,9 @@ def chain_trace(
     The one reading of a DivConqChain run: :class:`TraceRecorder` calls it with
     callback data, the LangSmith importer with exported run trees. The chain's
     output dict wins over its input for the question and context; the
-    ``reference`` metadata becomes the gold answer.
+    ``reference`` metadata becomes the gold answer. A runaway decomposer reply is
+    kept as the chain parsed it (:func:`~langchain_divconq.prompts.cap_decomposition`),
+    and ``metadata["decomposition_truncated"]`` says it was cut.
 
     Args:
         inputs: The root run's inputs (a dict or a bare question).
@@ -266,6 +273,11 @@ def chain_trace(
     extra = dict(metadata)
     extra.pop(NODE_METADATA_KEY, None)
     reference = extra.pop("reference", None)
+    if decomposer is not None and decomposer.output is not None:
+        kept, truncated = cap_decomposition(decomposer.output)
+        if truncated:
+            decomposer = decomposer.model_copy(update={"output": kept})
+            extra["decomposition_truncated"] = True
     solution = result.get("solution")
     solution = solution if isinstance(solution, str) else None
     answer = result.get("answer")
