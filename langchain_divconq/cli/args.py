@@ -19,7 +19,13 @@ def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``--decomposer/--adapter/--solver/--solver-base-url`` flags shared by commands."""
+    """Add the ``--decomposer/--adapter/--solver/--solver-base-url`` flags shared by commands.
+
+    Also ``--request-timeout`` and ``--max-retries`` for remote models (``openai:MODEL``
+    or a base URL), so a stuck server costs seconds, not the openai client's 600 s a try.
+    """
+    from langchain_divconq.model_specs import DEFAULT_MAX_RETRIES, DEFAULT_REQUEST_TIMEOUT_S
+
     parser.add_argument(
         "--decomposer",
         default="default",
@@ -47,6 +53,21 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-sub-questions", type=int, default=3, help="at most this many sub-questions"
     )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=DEFAULT_REQUEST_TIMEOUT_S,
+        metavar="SECONDS",
+        help="seconds each request to a remote decomposer or solver may take before it is "
+        f"retried (default {DEFAULT_REQUEST_TIMEOUT_S:g})",
+    )
+    parser.add_argument(
+        "--max-retries",
+        type=int,
+        default=DEFAULT_MAX_RETRIES,
+        help="retries of a remote request that timed out or failed transiently "
+        f"(default {DEFAULT_MAX_RETRIES})",
+    )
 
 
 def build_chain(
@@ -61,17 +82,30 @@ def build_chain(
 
     """
     from langchain_divconq.chain import create_divconq_chain, create_single_stage_chain
-    from langchain_divconq.model_specs import build_decomposer, build_solver
+    from langchain_divconq.model_specs import (
+        DEFAULT_MAX_RETRIES,
+        DEFAULT_REQUEST_TIMEOUT_S,
+        build_decomposer,
+        build_solver,
+    )
 
     if max_tokens is not None and max_tokens < 1:
         msg = f"--max-tokens must be at least 1, got {max_tokens}."
         raise ValueError(msg)
     # The solver first: a bad --solver spec fails before the decomposer's weights load.
+    remote: dict[str, Any] = {  # a Namespace built by hand may lack these flags
+        "request_timeout": getattr(args, "request_timeout", DEFAULT_REQUEST_TIMEOUT_S),
+        "max_retries": getattr(args, "max_retries", DEFAULT_MAX_RETRIES),
+    }
     solver_options = {} if max_tokens is None else {"max_tokens": max_tokens}
-    solver = build_solver(args.solver, base_url=args.solver_base_url, **solver_options)
+    solver = build_solver(args.solver, base_url=args.solver_base_url, **solver_options, **remote)
     if single_stage:
         return create_single_stage_chain(solver, cot=single_stage == "cot")
     decomposer = build_decomposer(
-        args.decomposer, args.adapter, base_url=args.decomposer_base_url, share_with=solver
+        args.decomposer,
+        args.adapter,
+        base_url=args.decomposer_base_url,
+        share_with=solver,
+        **remote,
     )
     return create_divconq_chain(decomposer, solver, max_sub_questions=args.max_sub_questions)
