@@ -9,13 +9,21 @@ plus the trivial baseline plan (the question's last sentence as the only sub-que
 
 Tasks, each a seeded random sample (``--seed``) of the split, never trained on:
 
-* gold-scored: GSM8K test (Socratic gold sub-questions) and StrategyQA dev;
-  parse / well-formed / NO_SUBQUESTIONS / repeat rates, mean count against the gold
-  count capped at N, count match, gold-averaged token F1 with a 95% bootstrap interval,
-  and the paired difference to the trivial plan with its interval;
-* gold-free: SVAMP, MultiArith, Bamboogle (N=2, the task's plan size), DROP (with its
-  passage): parse / well-formed / NO_SUBQUESTIONS / repeat rates, mean count, and the
-  share of plans that only copy the question's last sentence.
+* gold-scored: GSM8K test (Socratic gold sub-questions), StrategyQA dev and HotpotQA
+  (Break's held-out rows, plans rewritten as questions); parse / well-formed /
+  NO_SUBQUESTIONS (declined) / repeat rates, mean count against the gold count capped at
+  N, count match, gold-averaged token F1 with a 95% bootstrap interval, and the paired
+  difference to the trivial plan with its interval;
+* gold-free: Bamboogle (N=2, the task's plan size), DROP (with its passage), SVAMP (and
+  MultiArith on request): the same rates, mean count, and the share of plans that only
+  copy the question's last sentence; for Bamboogle, the share of plans whose first
+  sub-question asks for the bridge entity (``evaluation.plan_checks.asks_bridge_first``),
+  with every plan in the JSON report and ``--show-plans N`` of them printed for a reader.
+
+Every task also reports the share of plans with a sub-question that points at itself or
+a later one ("self/fwd ref") and with a sub-question of no words of its own ("empty").
+Decomposers run through ``load_decomposer`` on its default backend (the exact torch path),
+so the plans scored are the plans users get.
 
 Repeats are measured twice from one generation: the *raw* repeat rate with the
 no-repeat rule off, and after the rule (``no_repeat_lines``, on by default in
@@ -33,8 +41,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from langchain_divconq.evaluation.plan_checks import asks_bridge_first, paired_delta
 from langchain_divconq.evaluation.quality import (
-    bootstrap_ci,
     decomposer_outputs,
     plan_stats,
     quality_from_outputs,
@@ -42,12 +50,14 @@ from langchain_divconq.evaluation.quality import (
 )
 from langchain_divconq.local import load_decomposer
 from langchain_divconq.local.decoding import GenerationParams, cut_text
+from langchain_divconq.prompts import parse_sub_questions
 from langchain_divconq.tasks import Task, load_task
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-GOLD_TASKS = {"gsm8k": "test", "strategyqa": "dev"}
-CROSS_TASKS = {"svamp": "test", "multiarith": "test", "bamboogle": "test", "drop": "dev"}
+GOLD_TASKS = {"gsm8k": "test", "strategyqa": "dev", "hotpotqa": "heldout"}
+CROSS_TASKS = {"bamboogle": "test", "drop": "dev", "svamp": "test", "multiarith": "test"}
+DEFAULT_TASKS = ["gsm8k", "strategyqa", "hotpotqa", "bamboogle", "drop", "svamp"]
 TRIVIAL = "trivial plan"
 
 
@@ -84,6 +94,19 @@ def _after_rule(raw: dict[str, Any], n_max: int, max_tokens: int) -> dict[str, A
 
 def _summary(task: Task, outputs: dict[str, Any], gold: bool, n_max: int) -> dict[str, Any]:
     stats = plan_stats(task, outputs, max_sub_questions=n_max).model_dump()
+    if task.name == "bamboogle":
+        plans = {
+            e.id: parse_sub_questions(o, n_max) if isinstance(o := outputs[e.id], str) else []
+            for e in task.examples
+        }
+        firsts = [
+            asks_bridge_first(e.question, plans[e.id], e.bridge_entity) for e in task.examples
+        ]
+        stats["bridge_first_rate"] = sum(firsts) / len(firsts)
+        stats["plans"] = [
+            {"question": e.question, "bridge": e.bridge_entity, "plan": plans[e.id], "first": f}
+            for e, f in zip(task.examples, firsts, strict=True)
+        ]
     if not gold:
         return stats
     quality = quality_from_outputs(task, outputs, max_sub_questions=n_max)
@@ -107,9 +130,7 @@ def _with_deltas(results: dict[str, dict[str, Any]]) -> None:
         mine = summary.get("per_question_f1")
         if mine is None:
             continue
-        diffs = [mine[k] - base[k] for k in base]
-        summary["delta_vs_trivial"] = sum(diffs) / len(diffs)
-        summary["delta_vs_trivial_ci"] = bootstrap_ci(diffs)
+        summary["delta_vs_trivial"], summary["delta_vs_trivial_ci"] = paired_delta(mine, base)
 
 
 def _cache_file(args: argparse.Namespace, adapter: str, task: Task) -> Path | None:
@@ -221,10 +242,11 @@ def _pct(x: float | None) -> str:
 def markdown(report: dict[str, Any]) -> str:
     """Render the report as one markdown table (a row per task and decomposer)."""
     head = (
-        "| task (n) | decomposer | parse (1..N) | well-formed | NO_SUBQ | raw repeat -> after rule "
-        "| mean # (gold, capped) | count match | token F1 [95% CI] | vs trivial [95% CI] |"
+        "| task (n) | decomposer | parse (1..N) | declined | raw repeat -> after rule "
+        "| mean # (gold, capped) | token F1 [95% CI] | vs trivial [95% CI] | self/fwd ref "
+        "| empty | bridge first |"
     )
-    lines = [head, "|" + " --- |" * 10]
+    lines = [head, "|" + " --- |" * 11]
     for name, task in report["tasks"].items():
         for dec in report["decomposers"]:
             if dec not in task:
@@ -246,19 +268,35 @@ def markdown(report: dict[str, Any]) -> str:
                 delta = f"{s['delta_vs_trivial']:+.3f} [{low:+.3f}, {high:+.3f}]"
             lines.append(
                 f"| {name} ({task['n']}) | {dec} | {_pct(s['parse_rate'])} | "
-                f"{_pct(s['well_formed_rate'])} | {_pct(s['sentinel_rate'])} | {repeat} | {mean} | "
-                f"{_pct(s.get('count_match'))} | {f1} | {delta} |"
+                f"{_pct(s['no_decomposition_rate'])} | {repeat} | {mean} | {f1} | {delta} | "
+                f"{_pct(s.get('reference_rate'))} | {_pct(s.get('content_free_rate'))} | "
+                f"{_pct(s.get('bridge_first_rate'))} |"
             )
+    return "\n".join(lines)
+
+
+def bamboogle_plans(report: dict[str, Any], limit: int) -> str:
+    """The first ``limit`` Bamboogle plans of each decomposer, for a reader to judge the rule."""
+    task = report["tasks"].get("bamboogle")
+    if not task or limit <= 0:
+        return ""
+    lines = ["", "Bamboogle plans (bridge entity; * = the rule says the first hop asks for it):"]
+    for dec in report["decomposers"]:
+        for row in (task.get(dec) or {}).get("plans", [])[:limit]:
+            mark = "*" if row["first"] else " "
+            plan = " | ".join(row["plan"]) or "(declined)"
+            lines.append(f"{mark} [{dec}] {row['question']} ({row['bridge']}) -> {plan}")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--adapters", nargs="+", default=["gsm8k-decomposer", "default"])
+    parser.add_argument("--adapters", nargs="+", default=["gsm8k-decomposer", "general-decomposer"])
+    parser.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS, help="task names")
     parser.add_argument(
-        "--tasks", nargs="+", default=[*GOLD_TASKS, *CROSS_TASKS], help="task names"
+        "--gold-limit", type=int, default=100, help="GSM8K / StrategyQA / HotpotQA sample"
     )
-    parser.add_argument("--gold-limit", type=int, default=100, help="GSM8K / StrategyQA sample")
+    parser.add_argument("--show-plans", type=int, default=10, help="Bamboogle plans printed")
     parser.add_argument("--cross-limit", type=int, default=50, help="sample of the other tasks")
     parser.add_argument("--seed", type=int, default=12, help="seed of the samples")
     parser.add_argument("--data-dir", default=str(DATA))
@@ -284,6 +322,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     report = evaluate(args)
     print(markdown(report))
+    print(bamboogle_plans(report, args.show_plans))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(report))

@@ -1,27 +1,35 @@
-"""Train the general decomposer: GSM8K + StrategyQA gold plans + built one-step questions.
+"""Train the general decomposer: GSM8K, StrategyQA and Break (HotpotQA, CWQ) gold plans.
 
-    python training/general_decomposer.py --total 0 --install          # all data (a GPU run)
-    python training/general_decomposer.py --total 2400 --install       # a stratified CPU subset
+    python training/general_decomposer.py --dry-run                  # the data, tokens, time
+    python training/general_decomposer.py                            # the whole recipe (resumes)
+    python training/general_decomposer.py --total 2400 --install     # a stratified subset
 
-Training data, from TRAIN splits only (never a test/dev split, never Bamboogle):
+Training data, from TRAIN splits only (never GSM8K test, StrategyQA dev, Bamboogle, DROP,
+or the HotpotQA rows of Break held out as the ``hotpotqa`` task's ``heldout`` split):
 
 * ``gsm8k``: every GSM8K Socratic train question; its sub-questions deduplicated and,
   when there are more than 3, capped with ``keep="spread"`` (first step, last step,
   and evenly spaced ones between).
-* ``strategyqa``: every StrategyQA train question; ``#k`` back-references become
-  "the answer to question k" (the solver sees the plan as a numbered list); plans
-  longer than 3 keep the last step and the steps it depends on, renumbered.
-* ``none``: NO_SUBQUESTIONS targets for one-step questions, built two ways:
-  (a) a GSM8K train question's statements followed by its *first* Socratic
-  sub-question, when that step is a single calculation whose numbers all appear in
-  the statements (one arithmetic step, answerable at once); (b) a StrategyQA train
-  question's first sub-question when it has no back-reference (a one-hop factual
-  question), plus the train questions whose gold plan has a single step.
+* ``strategyqa``: every StrategyQA train question whose plan reads as standalone
+  questions: plans longer than 3 keep the last step and the steps it depends on, then
+  ``#k`` becomes the words of step k (``tasks.plans.rewrite_plan``: "Is the date Bitcoin
+  was launched prior to the date the Louisiana Purchase took place?"), never "the answer
+  to question k".
+* ``break``: Break's ComplexWebQuestions rows and HotpotQA ``train`` rows, their phrase
+  plans rewritten into questions the same way (plans of more than 3 steps are left out).
+* ``none``: NO_SUBQUESTIONS targets for genuinely one-step questions only: Break and
+  StrategyQA questions whose gold plan has a single step, and GSM8K train questions cut
+  to their statements plus their first Socratic sub-question when that step is a single
+  calculation on given numbers.
 
-The strata are mixed by ``--weights`` (default gsm8k 0.5, strategyqa 0.36, none
-0.14); StrategyQA is repeated to reach its share, and every prefix of the mix
-keeps the proportions, so a run stopped at any checkpoint saw the intended mix.
-5% of the train questions of each source are held out for the eval loss.
+The strata are mixed by ``--weights``; a smaller stratum is repeated to reach its share,
+and every prefix of the mix keeps the proportions, so a run stopped at any checkpoint saw
+the intended mix. ``--total 0`` (the default) draws every GSM8K row once at its weight.
+The ``none`` share (5%) follows the held-out sets' share of one-step gold plans (GSM8K
+test 0%, StrategyQA dev 0.8%, HotpotQA heldout 8.5%) and stays under the 10% decline
+budget. 5% of the train questions of each source are held out for the eval loss.
+Before training, the script prints the recipe's token count and the expected wall time
+at ``--expected-tokens-per-s``.
 """
 
 from __future__ import annotations
@@ -36,14 +44,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from langchain_divconq.tracing.importers import import_gsm8k_socratic, import_strategyqa
+from langchain_divconq.tasks import break_plans, rewrite_plan
+from langchain_divconq.tracing.importers import import_gsm8k_socratic
 from langchain_divconq.training import DistillConfig, distill
 from langchain_divconq.training.config import add_config_arguments, config_from_args
 from langchain_divconq.training.dataset import (
+    cap_sub_questions,
     dataset_hash,
     decomposer_example,
     mix_examples,
-    resolve_back_references,
     select_examples,
 )
 
@@ -51,7 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 PACKAGE_ADAPTER = ROOT / "langchain_divconq" / "local" / "adapters" / "general-decomposer"
 SHIPPED_FILES = ("adapter_config.json", "adapter_model.safetensors", "divconq_adapter.json")
-DEFAULT_WEIGHTS = "gsm8k=0.5,strategyqa=0.36,none=0.14"
+DEFAULT_WEIGHTS = "gsm8k=0.55,strategyqa=0.17,break=0.23,none=0.05"
 MAX_SUB_QUESTIONS = 3
 
 _CALC = re.compile(r"<<([^<>]*)>>")
@@ -101,20 +110,17 @@ def gsm8k_one_step(path: Path) -> list[tuple[str, str]]:
     return built
 
 
-def strategyqa_one_hop(path: Path) -> list[tuple[str, str]]:
-    """(one-hop question, source question) pairs from a StrategyQA file (see the module doc)."""
-    built: list[tuple[str, str]] = []
+def strategyqa_plans(path: Path) -> list[tuple[str, list[str]]]:
+    """(question, plan) pairs of a StrategyQA file, capped at 3 steps and rewritten in words."""
+    pairs: list[tuple[str, list[str]]] = []
     for line in path.read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
         steps = [" ".join(str(q).split()) for q in row["decomposition"] if str(q).strip()]
-        if len(steps) == 1:
-            built.append((str(row["question"]).strip(), str(row["question"]).strip()))
-        elif steps and "#" not in steps[0] and len(steps[0].split()) >= 5:
-            first = steps[0]
-            pronoun = re.match(r"(?i)(it|they|this|that|these|those)\b", first)
-            if first.endswith("?") and not pronoun:
-                built.append((first, str(row["question"]).strip()))
-    return built
+        capped = cap_sub_questions(steps, MAX_SUB_QUESTIONS, keep="spread")
+        plan = rewrite_plan(capped)
+        if plan:
+            pairs.append((" ".join(str(row["question"]).split()), plan))
+    return pairs
 
 
 def build_strata(
@@ -122,41 +128,50 @@ def build_strata(
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[dict[str, Any]]]]:
     """Return (train strata, validation strata), split by source question."""
     gsm8k_path = data / "gsm8k" / "train_socratic.jsonl"
-    sqa_path = data / "strategyqa" / "train.jsonl"
     gsm8k = select_examples(
         import_gsm8k_socratic(gsm8k_path), max_sub_questions=MAX_SUB_QUESTIONS, keep="spread"
     )
-    # Resolving first would hide the references the cap needs, so cap the raw plans, then
-    # resolve the kept, renumbered ones.
-    raw = select_examples(
-        import_strategyqa(sqa_path), max_sub_questions=MAX_SUB_QUESTIONS, keep="spread"
-    )
-    sqa = []
-    for example in raw:
-        lines = example["completion"][0]["content"].splitlines()
-        resolved = resolve_back_references(lines)
-        sqa.append(
-            {**example, "completion": [{"role": "assistant", "content": "\n".join(resolved)}]}
-        )
+    strata: dict[str, list[dict[str, Any]]] = {"gsm8k": gsm8k, "strategyqa": [], "break": []}
     none: list[dict[str, Any]] = []
+    sources = (
+        ("strategyqa", strategyqa_plans(data / "strategyqa" / "train.jsonl")),
+        ("break", [(q, p) for q, p in break_plans(data) if len(p) <= MAX_SUB_QUESTIONS]),
+    )
+    for name, pairs in sources:
+        for question, plan in pairs:
+            if len(plan) == 1:
+                none.append({**decomposer_example(question, []), "source_question": question})
+            else:
+                strata[name].append(decomposer_example(question, plan))
     for question, source in gsm8k_one_step(gsm8k_path):
-        none.append({**decomposer_example(question, []), "source_question": source, "kind": "g"})
-    for question, source in strategyqa_one_hop(sqa_path):
-        none.append({**decomposer_example(question, []), "source_question": source, "kind": "s"})
+        none.append({**decomposer_example(question, []), "source_question": source})
 
-    held_gsm8k = _held_out([e["question"] for e in gsm8k], val_fraction, seed)
-    held_sqa = _held_out([e["question"] for e in sqa], val_fraction, seed)
-    held = held_gsm8k | held_sqa
-    train: dict[str, list[dict[str, Any]]] = {"gsm8k": [], "strategyqa": [], "none": []}
-    val: dict[str, list[dict[str, Any]]] = {"gsm8k": [], "strategyqa": [], "none": []}
-    for name, rows in (("gsm8k", gsm8k), ("strategyqa", sqa)):
+    held = set()
+    for rows in strata.values():
+        held |= _held_out([e["question"] for e in rows], val_fraction, seed)
+    train: dict[str, list[dict[str, Any]]] = {name: [] for name in (*strata, "none")}
+    val: dict[str, list[dict[str, Any]]] = {name: [] for name in (*strata, "none")}
+    for name, rows in strata.items():
         for row in rows:
             (val if row["question"] in held else train)[name].append(row)
     for row in none:
         source = row.pop("source_question")
-        row.pop("kind")
         (val if source in held else train)["none"].append(row)
     return train, val
+
+
+def recipe_tokens(rows: list[dict[str, Any]], base_model: str | None) -> int:
+    """Tokens the trainer will see: each prompt + completion through the chat template."""
+    from transformers import AutoTokenizer
+
+    from langchain_divconq.local.embedded import resolve_base_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(base_model))
+    total = 0
+    for row in rows:
+        text = tokenizer.apply_chat_template([*row["prompt"], *row["completion"]], tokenize=False)
+        total += len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return total
 
 
 def parse_weights(text: str) -> dict[str, float]:
@@ -181,6 +196,12 @@ def main() -> None:
     parser.add_argument("--weights", default=DEFAULT_WEIGHTS)
     parser.add_argument("--val-fraction", type=float, default=0.05)
     parser.add_argument("--val-examples", type=int, default=32)
+    parser.add_argument(
+        "--expected-tokens-per-s",
+        type=float,
+        default=500.0,
+        help="trainer speed used for the printed wall-time estimate (benchmarks/train.py)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="build and describe the data only")
     parser.add_argument("--install", action="store_true", help="copy the adapter into the package")
     add_config_arguments(parser)
@@ -201,8 +222,19 @@ def main() -> None:
     print(f"available train examples: {available}; drawn: {dict(drawn)} (total {total})")
     print(f"validation: {len(val_rows)} rows; data sha256 {dataset_hash(mixed)[:16]}")
     for name in train:
-        sample = next(r for r in mixed if r["stratum"] == name)
-        print(f"  [{name}] {sample['question'][:90]!r} -> {sample['completion'][0]['content']!r}")
+        sample = next((r for r in mixed if r["stratum"] == name), None)
+        if sample is not None:
+            target = sample["completion"][0]["content"]
+            print(f"  [{name}] {sample['question'][:90]!r} -> {target!r}")
+    tokens = recipe_tokens(mixed, config.base_model)
+    epochs = config.num_epochs if config.max_steps < 0 else None
+    steps = config.max_steps if epochs is None else -(-len(mixed) // config.batch_size)
+    seen = tokens * (epochs or 1) if epochs else tokens * steps * config.batch_size / len(mixed)
+    hours = seen / args.expected_tokens_per_s / 3600
+    print(
+        f"recipe: {len(mixed)} examples, {tokens:,} tokens per epoch; this run: {seen:,.0f} "
+        f"tokens, about {hours:.2f} h at {args.expected_tokens_per_s:.0f} tokens/s"
+    )
     if args.dry_run:
         return
 

@@ -46,15 +46,18 @@ from langchain_divconq.secrets import scrub_text
 from langchain_divconq.tasks import Example, Task
 
 __all__ = [
+    "FILLER_WORDS",
     "DecompositionQuality",
     "DecompositionRecord",
     "PlanStats",
     "bootstrap_ci",
+    "content_free",
     "decomposer_outputs",
     "decomposition_quality",
     "has_repeated_line",
     "plan_stats",
     "quality_from_outputs",
+    "refers_to_itself_or_later",
     "rouge_l",
     "similarity_tokens",
     "token_f1",
@@ -107,6 +110,51 @@ def has_repeated_line(text: str) -> bool:
     """
     keys = [key for key in map(line_key, text.splitlines()) if key]
     return len(keys) != len(set(keys))
+
+
+_POINTER = re.compile(
+    r"(?i)(?:#\s*(\d+)|\b(?:sub-?question|question|step|part|answer)\s*(?:no\.?\s*|number\s*)?"
+    r"#?(\d+)\b)"
+)
+FILLER_WORDS = {
+    "a", "an", "the", "is", "are", "was", "were", "what", "which", "who", "how", "of", "to",
+    "in", "on", "for", "and", "or", "answer", "answers", "question", "questions", "step",
+    "steps", "sub", "result", "value", "that", "this", "it", "from", "do", "does", "did", "we",
+    "you", "find", "get", "number", "same", "as", "first", "second", "third", "previous",
+    "above", "part",
+}  # fmt: skip
+
+
+def refers_to_itself_or_later(sub_questions: Sequence[str]) -> bool:
+    """Whether a sub-question points at its own number or a later one ("question 2" in line 1).
+
+    Example:
+        >>> refers_to_itself_or_later(["How many apples?", "What is twice question 1?"])
+        False
+        >>> refers_to_itself_or_later(["What is the answer to question 2?", "Who wrote it?"])
+        True
+        >>> refers_to_itself_or_later(["Is #1 larger than 3?"])
+        True
+
+    """
+    for position, question in enumerate(sub_questions, start=1):
+        for match in _POINTER.finditer(question):
+            number = int(match.group(1) or match.group(2))
+            if number >= position:
+                return True
+    return False
+
+
+def content_free(sub_question: str) -> bool:
+    """Whether a sub-question has no words of its own ("What is the answer to question 1?").
+
+    Example:
+        >>> content_free("What is the answer to question 1?"), content_free("Who wrote Hamlet?")
+        (True, False)
+
+    """
+    words = [w for w in similarity_tokens(sub_question) if not w.isdigit()]
+    return not [w for w in words if w not in FILLER_WORDS]
 
 
 def trivial_plan(question: str) -> str:
@@ -171,6 +219,15 @@ class PlanStats(BaseModel):
         description="Share of plans whose only sub-question is the trivial plan (token F1 >= 0.9)."
     )
     failures: int = Field(description="Calls that raised (scored as unparsed).")
+    reference_rate: float = Field(
+        default=0.0,
+        description="Share of plans with a sub-question pointing at itself or a later one.",
+    )
+    content_free_rate: float = Field(
+        default=0.0,
+        description="Share of plans with a sub-question of no words of its own "
+        "('What is the answer to question 1?').",
+    )
 
 
 def _says_no_decomposition(text: str) -> bool:
@@ -203,6 +260,7 @@ def plan_stats(
         raise ValueError(msg)
     n = len(rows)
     parsed = sum_wf = sentinel = repeats = empty = copies = failures = count = 0
+    pointing = hollow = 0
     for example, output in rows:
         if isinstance(output, BaseException) or output is None:
             failures += 1
@@ -217,6 +275,8 @@ def plan_stats(
         empty += not plan
         count += len(plan)
         copies += len(plan) == 1 and token_f1(plan[0], trivial_plan(example.question)) >= 0.9
+        pointing += refers_to_itself_or_later(plan)
+        hollow += any(content_free(q) for q in plan)
     return PlanStats(
         task=task.name,
         split=task.split,
@@ -230,6 +290,8 @@ def plan_stats(
         mean_predicted=count / n,
         copies_question=copies / n,
         failures=failures,
+        reference_rate=pointing / n,
+        content_free_rate=hollow / n,
     )
 
 
@@ -273,6 +335,10 @@ class DecompositionRecord(BaseModel):
     count_match: bool = Field(default=False, description="len(predicted) == min(len(gold), N).")
     token_f1: float = Field(default=0.0, description="Mean best-match token F1 over gold.")
     rouge_l: float = Field(default=0.0, description="Mean best-match ROUGE-L over gold.")
+    refers_ahead: bool = Field(
+        default=False, description="A sub-question points at itself or a later one."
+    )
+    content_free: bool = Field(default=False, description="A sub-question has no own words.")
     error: str | None = Field(default=None, description="Why the call failed, if it did.")
 
 
@@ -300,6 +366,12 @@ class DecompositionQuality(BaseModel):
     )
     rouge_l: float = Field(description="Mean best-match ROUGE-L F-measure.")
     failures: int = Field(description="Decomposer calls that raised (scored as unparsed).")
+    reference_rate: float = Field(
+        default=0.0, description="Share of plans pointing at their own or a later sub-question."
+    )
+    content_free_rate: float = Field(
+        default=0.0, description="Share of plans with a sub-question of no words of its own."
+    )
     records: list[DecompositionRecord] = Field(default_factory=list, description="Per question.")
 
 
@@ -310,6 +382,8 @@ def _score(record: DecompositionRecord, max_sub_questions: int) -> Decomposition
     return record.model_copy(
         update={
             "parsed": 1 <= len(predicted) <= max_sub_questions,
+            "refers_ahead": refers_to_itself_or_later(predicted),
+            "content_free": any(content_free(q) for q in predicted),
             "count_match": len(predicted) == min(len(gold), max_sub_questions),
             "token_f1": sum(best_f1) / len(gold),
             "rouge_l": sum(best_rl) / len(gold),
@@ -484,5 +558,7 @@ def quality_from_outputs(
         token_f1_ci=bootstrap_ci([r.token_f1 for r in records]),
         rouge_l=sum(r.rouge_l for r in records) / n,
         failures=sum(r.error is not None for r in records),
+        reference_rate=sum(r.refers_ahead for r in records) / n,
+        content_free_rate=sum(r.content_free for r in records) / n,
         records=records,
     )

@@ -46,6 +46,11 @@ class Example(BaseModel):
         default_factory=list,
         description="Gold sub-questions where the data has them (GSM8K Socratic, StrategyQA).",
     )
+    bridge_entity: str | None = Field(
+        default=None,
+        description="A two-hop question's intermediate answer, where the data names it "
+        "(Bamboogle): what a good plan asks for first.",
+    )
 
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:

@@ -73,6 +73,7 @@ class BamboogleTask(Task):
                 question=str(row["question"]),
                 answer=answer,
                 answers=answers,
+                bridge_entity=str(row["bridge_entity"]) if row.get("bridge_entity") else None,
             )
 
     def extract(self, solver_text: str) -> str | None:
