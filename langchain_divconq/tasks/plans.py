@@ -73,7 +73,10 @@ _IRREGULAR = {
     "let": "let", "cut": "cut", "read": "read", "spread": "spread", "found": "founded",
 }  # fmt: skip
 _WH = ("what", "who", "whom", "whose", "which", "when", "where", "why", "how")
-_INDIRECT_AUXILIARIES = (*_AUXILIARIES, "had", "could", "would", "will", "should", "might")
+_INDIRECT_AUXILIARIES = (
+    *(a for a in _AUXILIARIES if a not in ("has", "have")),  # 'have' is mostly a main verb
+    "could", "would", "will", "should", "might",
+)  # fmt: skip
 _PRESENT_3RD = {"have": "has", "do": "does", "be": "is", "go": "goes"}
 _MAX_PHRASE_WORDS = 18
 
@@ -327,6 +330,8 @@ def _what_noun(words: list[str]) -> str | None:
             if clause[0][0].isupper() or clause[0].startswith("#"):
                 return f"{thing} of {' '.join(clause)}"
             return f"{thing} that {lower} {' '.join(clause)}"
+    if len(words) >= 3 and words[1][0].islower() and words[1].lower() not in _INDIRECT_AUXILIARIES:
+        return f"the {words[0]} that {' '.join(words[1:])}"  # 'Which team won the cup'
     return None
 
 
