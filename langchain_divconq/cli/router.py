@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with scrubbed_logging(), quiet:
             return int(args.handler(args) or 0)
     except (ValueError, TypeError, ImportError, FileNotFoundError) as exc:
-        if args.verbose:  # -v: the traceback too, for a bug report
-            traceback.print_exc()
+        if args.verbose:  # -v: the traceback too, for a bug report (scrubbed like the logs)
+            print(scrub_text(traceback.format_exc()), file=sys.stderr, end="")
         print(f"divconq {args.command}: error: {scrub_text(str(exc))}", file=sys.stderr)
         return 2
