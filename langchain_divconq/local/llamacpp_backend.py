@@ -307,6 +307,8 @@ class LlamaCppEngine:
             following: list[int] = []
             for index in active:
                 if run.push(index, self._argmax(logit_index[index])):
+                    # free its cells now: joined rows share the context's n_ctx cells
+                    lc.llama_memory_seq_rm(self._mem, run.seq[index], -1, -1)
                     free.append(run.seq[index])
                 else:
                     following.append(index)
@@ -314,6 +316,7 @@ class LlamaCppEngine:
             room = limit - len(active)
             if len(active) == 1 and self.lookup_tokens > 0 and not (room > 0 and run.waiting()):
                 self._finish_with_lookup(run, active[0])
+                lc.llama_memory_seq_rm(self._mem, run.seq[active[0]], -1, -1)
                 free.append(run.seq[active[0]])
                 active = []
                 room = limit

@@ -128,7 +128,13 @@ class LiveBatch:
     """``[len(rows)]``: each row's newest token, not yet in the cache (fed next step)."""
 
     def keep(self, positions: Sequence[int]) -> None:
-        """Keep only the rows at ``positions`` (in cache order)."""
+        """Keep only the rows at ``positions`` (in cache order); trim shared left padding.
+
+        Columns that are padding in every row left are dropped. Without that trim, a batch
+        that never empties (steady traffic, rows joining as others leave) would keep a cache
+        as long as the number of steps since it began; with it, the cache is as long as its
+        longest live row.
+        """
         import torch
 
         index = torch.tensor(list(positions), device=self.mask.device)
@@ -136,6 +142,12 @@ class LiveBatch:
         self.mask, self.last_pos = self.mask[index], self.last_pos[index]
         self.pending = self.pending[index]
         self.rows = [self.rows[j] for j in positions]
+        drop = self.mask.shape[1] - int(self.mask.sum(dim=1).max())
+        if drop > 0 and mergeable(self.cache):
+            self.mask = self.mask[:, drop:]
+            for layer in self.cache.layers:
+                layer.keys = layer.keys[..., drop:, :]
+                layer.values = layer.values[..., drop:, :]
 
     def single_cache(self) -> Any:
         """Return the cache of a one-row batch without its left padding (for batch-1 loops)."""

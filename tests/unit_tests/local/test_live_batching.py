@@ -211,3 +211,34 @@ def test_a_row_left_alone_goes_back_to_speculation(model: Any) -> None:
     assert len(got[1].token_ids) == 3  # it shared a few steps with row 0, then left
     # Back at batch 1, int8 drafts are checked several at a time again.
     assert got[0].forward_passes < len(ref) - 5
+
+
+def test_a_batch_that_never_empties_keeps_a_short_cache(
+    model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from langchain_divconq.local.engine import live
+
+    refs = [alone(model, p, 6) for p in PROMPTS]
+    lengths: list[int] = []
+    step = live._step
+
+    def watch(model: Any, batch: Any, feed: Any, stop: Any) -> Any:
+        lengths.append(batch.mask.shape[1])
+        return step(model, batch, feed, stop)
+
+    rows = [NewRow(PROMPTS[i % 4]) for i in range(12)]  # steady traffic: 12 more rows
+
+    class Steady(Source):
+        def take(self, limit: int) -> list[NewRow]:
+            self.asked += 1
+            out, self.rows = self.rows[:1], self.rows[1:]  # one more at every step
+            return out
+
+    monkeypatch.setattr(live, "_step", watch)
+    got = generate_greedy(
+        model, PROMPTS[:1], max_new_tokens=6, source=Steady(rows, 0), draft="lookup",
+        num_draft_tokens=0,
+    )  # fmt: skip
+    assert [g.token_ids for g in got] == [refs[0]] + [refs[i % 4] for i in range(12)]
+    # The batch ran for 18 steps, but the cache never outgrew its longest live row.
+    assert max(lengths) <= max(len(p) for p in PROMPTS) + 6
