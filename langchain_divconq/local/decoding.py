@@ -32,7 +32,6 @@ __all__ = [
     "RequestFeed",
     "StopCriteria",
     "TokenQueue",
-    "all_cancelled",
     "cut_text",
     "expired",
     "held_back",
@@ -491,11 +490,6 @@ class Deadline(threading.Event):
 def expired(event: threading.Event | None) -> bool:
     """Whether ``event`` is a :class:`Deadline` whose time is up."""
     return isinstance(event, Deadline) and event.expired
-
-
-def all_cancelled(events: Sequence[threading.Event | None]) -> bool:
-    """Whether every event is given and set (no caller waits for this call any more)."""
-    return bool(events) and all(_is_set(e) for e in events)
 
 
 class TokenQueue:

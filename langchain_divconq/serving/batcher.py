@@ -251,9 +251,9 @@ class RequestBatcher:
     def abort(self, message: str) -> None:
         """Fail every admitted request now: waiting and running ones, and streams.
 
-        Their callers get :class:`BatcherClosedError` with ``message``; a running
-        batch whose callers are all gone is told to stop generating (see
-        :data:`~langchain_divconq.local.decoding.CANCEL_EVENT`).
+        Their callers get :class:`BatcherClosedError` with ``message``, and each of
+        their rows is told to stop generating (see
+        :data:`~langchain_divconq.local.decoding.BATCH_ROWS`).
         """
         self._closed = True
         self.aborted.set()
