@@ -166,6 +166,10 @@ def _fast_rows(
         if feed is not None:
             feed.deliver(index[row], result)
 
+    # Callers that can leave (a server's, async ones) want each row answered in its own
+    # time: a padded batch. A plain batch() keeps the engine's faster row-by-row
+    # speculation for 2-4 prompts (rows that arrive meanwhile still join).
+    fair = any(e is not None for e in row_events)
     outs = generate_fast(
         llm,
         [encoded[i] for i in order],
@@ -175,6 +179,7 @@ def _fast_rows(
         source=source,
         max_rows=llm.batch_size,
         n_in=n_in,
+        one_by_one=not fair,
     )
     results: list[GenerationResult | None] = [None] * len(encoded)
     for row, out in enumerate(outs[: len(order)]):
@@ -192,12 +197,15 @@ def generate_fast(
     source: _JoinedRows | None = None,
     max_rows: int | None = None,
     n_in: list[int] | None = None,
+    one_by_one: bool = True,
 ) -> list[GenerationResult]:
     """Run greedy rows on the torch engine or llama.cpp (``ChatLocalModel.backend``).
 
     ``cancels[i]`` ends row ``i`` at its next step; ``on_row`` is told each row's result
     the moment it ends; rows from ``source`` join while the call runs (``n_in`` then
-    grows with their prompt lengths, ``cancels`` with their events).
+    grows with their prompt lengths, ``cancels`` with their events). ``one_by_one=False``
+    decodes several rows as one padded batch even where the torch engine would run 2-4
+    of them one after another (each speculatively, faster, but each waiting for the last).
     """
     from langchain_divconq.local.engine.generation import generate_greedy
 
@@ -240,8 +248,14 @@ def generate_fast(
     if engine is not None:
         outs: Sequence[Any] = engine.generate(encoded, **common)
     else:
+        if not one_by_one:
+            common["rows_one_by_one_up_to"] = 0
         outs = generate_greedy(
-            llm.model, encoded, pad_token_id=llm._pad_id, draft=llm.draft, **common
+            llm.model,
+            encoded,
+            pad_token_id=llm._pad_id,
+            draft=llm.draft,
+            **common,
         )
     return [result(row, out) for row, out in enumerate(outs)]
 

@@ -170,7 +170,9 @@ def generate_greedy(
             prompts decode one prompt at a time (each speculatively) instead of
             as one padded batch; 0 always batches. On a 2-core CPU that was
             1.2-1.75x faster at 2-4 prompts and a wash at 8-32 (within +-10%,
-            either way); with many cores a padded batch may win sooner.
+            either way); with many cores a padded batch may win sooner. Rows wait for the
+            ones before them, so a caller that wants each row answered in its own time
+            passes 0 (``ChatLocalModel`` does when its callers can leave, as a server's do).
         prompt_cache: At batch 1, start from the cached keys and values of the
             longest prefix this model already ran in an earlier prompt (see
             :mod:`langchain_divconq.local.engine.prompt_cache`).
@@ -223,9 +225,8 @@ def generate_greedy(
         raise ValueError(msg)
     _forget_if_weights_changed(model)
     speculative = kind == "int8" and num_draft_tokens > 0
-    # With a source, rows that join need the padded loop, which several inputs start at once.
     one_by_one = len(input_ids_batch) == 1 or (
-        speculative and len(input_ids_batch) <= rows_one_by_one_up_to and source is None
+        speculative and len(input_ids_batch) <= rows_one_by_one_up_to
     )
     drafter = None
     if one_by_one and speculative:
@@ -314,7 +315,10 @@ class _Speculation:
         if row.push(int(logits[0, -1].argmax()), stop):
             feed.finished(index)
             return False
-        interrupt: Callable[[], bool] | None = feed.waiting if feed.source is not None else None
+        # Only rows from outside interrupt (the call's own inputs wait for their turn);
+        # then the call's waiting inputs join the padded batch too.
+        source = feed.source
+        interrupt: Callable[[], bool] | None = source.waiting if source is not None else None
         while True:
             if self.drafter is not None:
                 _speculate_drafted(

@@ -242,3 +242,15 @@ def test_a_batch_that_never_empties_keeps_a_short_cache(
     assert [g.token_ids for g in got] == [refs[0]] + [refs[i % 4] for i in range(12)]
     # The batch ran for 18 steps, but the cache never outgrew its longest live row.
     assert max(lengths) <= max(len(p) for p in PROMPTS) + 6
+
+
+def test_rows_decoded_one_by_one_hand_over_when_outside_rows_join(model: Any) -> None:
+    from langchain_divconq.local.engine.draft_model import supports_int8_draft
+
+    if not supports_int8_draft(model):
+        pytest.skip("no int8 kernels here")
+    refs = [alone(model, p, 20) for p in PROMPTS]
+    source = Source([NewRow(PROMPTS[2]), NewRow(PROMPTS[3])], after=3)
+    got = generate_greedy(model, PROMPTS[:2], max_new_tokens=20, source=source, prompt_cache=False)
+    assert [g.token_ids for g in got] == refs
+    assert not source.rows
