@@ -111,6 +111,11 @@ class DistillConfig:
     """Concatenate each batch into one unpadded row (TRL ``padding_free``). Needs a
     flash-attention ``attn_implementation``: with transformers' sdpa and eager attention
     the concatenated examples attend to each other (tested), so it is refused there."""
+    share_prompt_prefix: bool = True
+    """Run the prompt prefix that all rows of a batch share (the decomposer's system prompt,
+    about 70 tokens) once per batch and repeat its key/value cache over the rows: the same
+    loss and gradients, fewer token positions (``training.prefix_sharing``). Off with
+    gradient checkpointing or padding_free, where TRL's own loss runs."""
     attn_implementation: str | None = None
     """transformers ``attn_implementation`` for the base model (sdpa, eager,
     flash_attention_2, ...); None keeps transformers' default."""

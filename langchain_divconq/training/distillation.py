@@ -235,7 +235,12 @@ def distill(config: DistillConfig, dataset: Dataset | DatasetDict) -> Path:
         target_modules=config.target_modules,
         task_type="CAUSAL_LM",
     )
-    trainer = SFTTrainer(
+    trainer_class = SFTTrainer
+    if config.share_prompt_prefix and not (config.padding_free or config.gradient_checkpointing):
+        from langchain_divconq.training.prefix_sharing import sft_trainer_class
+
+        trainer_class = sft_trainer_class()
+    trainer = trainer_class(
         model=model,
         args=_sft_config(config, device, bf16, has_eval=val is not None),
         train_dataset=train,
