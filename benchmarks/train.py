@@ -1,22 +1,31 @@
 """Training throughput: our ``distill()`` vs a plain TRL ``SFTTrainer`` with default settings.
 
-Both train the same LoRA (r=8, attention + MLP projections) on the same GSM8K
-Socratic SD-T examples with the same batch size, in one process, one after the
-other, interleaved over ``--repeats`` rounds (best kept). The baseline keeps TRL's
-defaults (``bf16=True``, gradient checkpointing on; plus ``use_cpu`` on CPU);
-``distill()`` never checkpoints activations and uses bf16 where the hardware has it
-(CUDA, or a CPU with AVX512-BF16/AMX) and batches examples of similar length
-together (``group_by_length``); ``--fp32`` also times ``distill(bf16=False)`` and
-``--ungrouped`` ``distill(group_by_length=False)``. Each trainer sees the same
-examples once, so tokens/s compare directly.
-Throughput is non-padding tokens per second over the steps after the first
-(model loading, dataset preparation and the first step are excluded).
+All trainers train the same LoRA (r=8, alpha 16, attention + MLP projections) on the same
+examples with the same batch size, steps and seed, in one process, interleaved over
+``--repeats`` rounds (best kept):
 
-    python benchmarks/train.py --quick        # 3 timed steps each, batch 2
-    python benchmarks/train.py --steps 6 --batch-size 4 --fp32 --threads 1
-    python benchmarks/train.py --base model-dir --random-init   # config + tokenizer only
+* ``distill``: ``distill()`` with its defaults (LoRA dropout 0, bf16 autocast where the
+  CPU has it natively, no activation checkpointing, length-grouped batches);
+* ``distill_before``: ``distill()`` with the previous default LoRA dropout 0.05 (what
+  ``distill`` was before #18: the baseline of its speed-up);
+* ``plain_trl``: ``SFTTrainer`` with TRL's defaults (``bf16=True``, activation
+  checkpointing on, random batches; ``use_cpu`` on CPU) and the same LoRA config as
+  ``distill`` (dropout 0);
+* optional rows: ``--fp32`` (``distill(bf16=False)``), ``--ungrouped``
+  (``group_by_length=False``), ``--compile`` (``torch_compile=True``).
 
-The last line printed is a JSON object.
+Examples come from the GSM8K Socratic SD-T set (``--recipe gsm8k``) or from the general
+decomposer's recipe mix (``--recipe general``: GSM8K, StrategyQA, Break, one-step
+questions). Throughput is non-padding tokens (and examples) per second over the steps
+after the first (model loading, dataset preparation and the first step are excluded).
+Each row also reports its mean training loss over the timed steps and its loss on the
+same 16 held-out examples after training: rows must agree within noise.
+
+    python benchmarks/train.py --quick --threads 2              # 3 timed steps, batch 2
+    python benchmarks/train.py --steps 8 --batch-size 8 --recipe general --threads 2
+
+The last line printed is a JSON object with ``distill.tokens_per_s`` and
+``plain_trl.tokens_per_s``.
 """
 
 from __future__ import annotations
@@ -39,10 +48,13 @@ from langchain_divconq.local.embedded import resolve_base_model  # noqa: E402
 from langchain_divconq.training import DistillConfig, build_dataset, distill  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+EVAL_EXAMPLES = 16
+BEFORE = {"lora_dropout": 0.05, "share_prompt_prefix": False}
+"""distill()'s defaults before #18, the baseline of its speed-up."""
 
 
-def _rate(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Tokens/s between the end of the first step and the end of the last one."""
+def _rate(records: list[dict[str, Any]], batch: int) -> dict[str, Any]:
+    """Tokens/s and examples/s between the end of the first step and the end of the last one."""
     steps = sorted(
         (r for r in records if "num_input_tokens_seen" in r and "loss" in r),
         key=lambda r: r["step"],
@@ -52,27 +64,22 @@ def _rate(records: list[dict[str, Any]]) -> dict[str, Any]:
     first, last = steps[0], steps[-1]
     tokens = last["num_input_tokens_seen"] - first["num_input_tokens_seen"]
     seconds = last["time"] - first["time"]
+    timed = last["step"] - first["step"]
     return {
         "tokens_per_s": round(tokens / seconds, 1),
-        "s_per_step": round(seconds / (last["step"] - first["step"]), 2),
-        "timed_steps": last["step"] - first["step"],
+        "examples_per_s": round(timed * batch / seconds, 3),
+        "s_per_step": round(seconds / timed, 2),
+        "timed_steps": timed,
         "timed_tokens": tokens,
+        "mean_loss": round(sum(float(r["loss"]) for r in steps) / len(steps), 4),
     }
 
 
 def run_ours(
-    dataset: Any,
-    steps: int,
-    batch: int,
-    out: Path,
-    bf16: bool | None = None,
-    group_by_length: bool = True,
-    base: str | None = None,
+    dataset: Any, steps: int, batch: int, out: Path, base: str | None = None, **overrides: Any
 ) -> dict[str, Any]:
     config = DistillConfig(
         base_model=base,
-        bf16=bf16,
-        group_by_length=group_by_length,
         output_dir=str(out),
         lora_r=8,
         target_modules=TARGETS,
@@ -81,15 +88,19 @@ def run_ours(
         logging_steps=1,
         save_steps=10_000,
         resume=False,
+        **overrides,
     )
     folder = distill(config, dataset)
     records = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
     meta = json.loads((folder / "divconq_adapter.json").read_text())
     return {
-        **_rate(records),
+        **_rate(records, batch),
+        "eval_loss": round(meta["eval_loss"], 4),
         "bf16": meta["bf16"],
-        "gradient_checkpointing": False,
-        "group_by_length": group_by_length,
+        "lora_dropout": config.lora_dropout,
+        "gradient_checkpointing": config.gradient_checkpointing,
+        "group_by_length": config.group_by_length,
+        "share_prompt_prefix": config.share_prompt_prefix,
     }
 
 
@@ -120,22 +131,64 @@ def run_plain_trl(
         report_to="none",
         include_num_input_tokens_seen="non_padding",
     )
+    keep = ["prompt", "completion"]
     trainer = SFTTrainer(
         model=resolve_base_model(base),
         args=args,
-        train_dataset=dataset["train"].select_columns(["prompt", "completion"]),
-        peft_config=LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS, task_type="CAUSAL_LM"),
+        train_dataset=dataset["train"].select_columns(keep),
+        eval_dataset=dataset["validation"].select_columns(keep),
+        # The same LoRA as distill()'s default (peft's default dropout is 0 too).
+        peft_config=LoraConfig(
+            r=8, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS, task_type="CAUSAL_LM"
+        ),
         callbacks=[Clock()],
     )
     trainer.train()
     return {
-        **_rate(records),
+        **_rate(records, batch),
+        "eval_loss": round(trainer.evaluate()["eval_loss"], 4),
         "bf16": bool(args.bf16),
+        "lora_dropout": 0.0,
         "gradient_checkpointing": bool(
             getattr(args, "activation_checkpointing", args.gradient_checkpointing)
         ),
         "group_by_length": args.train_sampling_strategy == "group_by_length",
+        "share_prompt_prefix": False,
     }
+
+
+def general_rows(total: int, seed: int = 0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Train and held-out rows drawn from the general decomposer's recipe mix."""
+    from general_decomposer import DEFAULT_WEIGHTS, build_strata, parse_weights
+
+    from langchain_divconq.training.dataset import mix_examples
+
+    train, val = build_strata(DATA.parents[1], 0.05, seed)
+    weights = parse_weights(DEFAULT_WEIGHTS)
+    keep = ("prompt", "completion")
+    pick = [{k: r[k] for k in keep} for r in mix_examples(train, weights, total, seed=seed)]
+    held = [{k: r[k] for k in keep} for r in mix_examples(val, weights, EVAL_EXAMPLES, seed=seed)]
+    return pick, held
+
+
+def load_examples(recipe: str, n: int) -> Any:
+    """A DatasetDict of ``n`` train rows and EVAL_EXAMPLES validation rows of a recipe."""
+    from datasets import Dataset, DatasetDict
+
+    if recipe == "general":
+        train, held = general_rows(n)
+        return DatasetDict(
+            {"train": Dataset.from_list(train), "validation": Dataset.from_list(held)}
+        )
+    data = build_dataset(
+        load_traces(DATA),
+        variant="SD-T",
+        val_fraction=0,
+        max_examples=n + EVAL_EXAMPLES,
+    )["train"]
+    return DatasetDict(
+        {"train": data.select(range(n)), "validation": data.select(range(n, n + EVAL_EXAMPLES))}
+    )
 
 
 def random_model(source: str, folder: Path) -> str:
@@ -151,14 +204,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="3 timed steps, batch 2")
     parser.add_argument("--steps", type=int, default=8, help="timed steps per trainer")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--recipe", choices=["gsm8k", "general"], default="gsm8k")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds; best kept")
     parser.add_argument("--fp32", action="store_true", help="also time distill(bf16=False)")
     parser.add_argument(
         "--ungrouped", action="store_true", help="also time distill(group_by_length=False)"
     )
-    parser.add_argument("--data", type=Path, default=DATA, help="GSM8K train_socratic.jsonl")
+    parser.add_argument("--no-before", action="store_true", help="skip the distill_before row")
     parser.add_argument(
         "--base", default=None, help="base model folder or hub id (default: embedded SmolLM2)"
     )
@@ -174,58 +228,75 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    dataset = build_dataset(
-        load_traces(args.data), variant="SD-T", val_fraction=0, max_examples=(steps + 1) * batch
-    )
-    runs: dict[str, list[dict[str, Any]]] = {
-        "distill": [],
-        "distill_fp32": [],
-        "distill_ungrouped": [],
-        "plain_trl": [],
-    }
+    dataset = load_examples(args.recipe, (steps + 1) * batch)
+    rows: dict[str, dict[str, Any]] = {"distill": {}}
+    if not args.no_before:
+        rows["distill_before"] = BEFORE
+    if args.fp32:
+        rows["distill_fp32"] = {"bf16": False}
+    if args.ungrouped:
+        rows["distill_ungrouped"] = {"group_by_length": False}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in [*rows, "plain_trl"]}
     with tempfile.TemporaryDirectory() as tmp:
         base = args.base
         if args.random_init:
             base = random_model(resolve_base_model(args.base), Path(tmp) / "random-base")
-        # Interleaved, so a change in the shared machine's load hits every trainer alike.
+        # Interleaved, so a change in the machine's load hits every trainer alike.
         for repeat in range(args.repeats):
             out = Path(tmp) / str(repeat)
             runs["plain_trl"].append(run_plain_trl(dataset, steps, batch, out / "plain", base))
-            runs["distill"].append(run_ours(dataset, steps, batch, out / "ours", base=base))
-            if args.fp32:
-                runs["distill_fp32"].append(
-                    run_ours(dataset, steps, batch, out / "fp32", False, base=base)
-                )
-            if args.ungrouped:
-                runs["distill_ungrouped"].append(
-                    run_ours(
-                        dataset, steps, batch, out / "ungrouped", group_by_length=False, base=base
-                    )
-                )
+            for name, overrides in rows.items():
+                runs[name].append(run_ours(dataset, steps, batch, out / name, base, **overrides))
     best = {name: max(r, key=lambda x: x["tokens_per_s"] or 0) for name, r in runs.items() if r}
     device = (
         torch.cuda.get_device_name()
         if torch.cuda.is_available()
         else f"cpu x{torch.get_num_threads()}"
     )
-    plain_rate = best["plain_trl"]["tokens_per_s"]
+    flags = sorted(f for f in _cpu_flags() if f.startswith(("avx512", "amx", "avx2", "avx_vnni")))
     print(
         f"device: {device} ({platform.processor() or platform.machine()}), best of {args.repeats}"
     )
-    print(f"{'trainer':<28}{'tokens/s':>10}{'s/step':>9}  {'vs plain':>8}  settings")
+    print(
+        f"cpu flags: {' '.join(flags) or '-'}; recipe {args.recipe}, batch {batch}, {steps} steps"
+    )
+    plain_rate = best["plain_trl"]["tokens_per_s"]
+    before_rate = best.get("distill_before", {}).get("tokens_per_s")
+    head = f"{'trainer':<20}{'tokens/s':>9}{'ex/s':>7}{'s/step':>8}{'loss':>8}{'eval':>8}"
+    print(f"{head}  {'vs plain':>8}  {'vs before':>9}  settings")
     for name, r in best.items():
-        ratio = (
-            round(r["tokens_per_s"] / plain_rate, 2) if r["tokens_per_s"] and plain_rate else None
-        )
-        r["vs_plain"] = ratio
+        rate = r["tokens_per_s"]
+        r["vs_plain"] = round(rate / plain_rate, 2) if rate and plain_rate else None
+        r["vs_before"] = round(rate / before_rate, 2) if rate and before_rate else None
         settings = (
-            f"bf16={r['bf16']} grad-ckpt={r['gradient_checkpointing']} "
-            f"grouped={r['group_by_length']}"
+            f"bf16={r['bf16']} dropout={r['lora_dropout']} ckpt={r['gradient_checkpointing']} "
+            f"grouped={r['group_by_length']} prefix={r['share_prompt_prefix']}"
         )
-        rate, step = r["tokens_per_s"], r.get("s_per_step")
-        print(f"{name:<28}{rate!s:>10}{step!s:>9}  {ratio!s:>8}  {settings}")
-    summary = {"device": device, "batch_size": batch, "timed_steps": steps, "repeats": args.repeats}
+        print(
+            f"{name:<20}{rate!s:>9}{r.get('examples_per_s')!s:>7}{r.get('s_per_step')!s:>8}"
+            f"{r.get('mean_loss')!s:>8}{r.get('eval_loss')!s:>8}  {r['vs_plain']!s:>8}  "
+            f"{r['vs_before']!s:>9}  {settings}"
+        )
+    summary = {
+        "device": device,
+        "cpu_flags": flags,
+        "recipe": args.recipe,
+        "batch_size": batch,
+        "timed_steps": steps,
+        "repeats": args.repeats,
+        "threads": torch.get_num_threads(),
+    }
     print(json.dumps({**summary, **best, "all": runs}))
+
+
+def _cpu_flags() -> list[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    return []
 
 
 if __name__ == "__main__":
