@@ -59,6 +59,12 @@ def cpu_has_native_bf16() -> bool:
     There, bf16 autocast trained about 1.9x faster than fp32 (``benchmarks/train.py``);
     without them bf16 is emulated and slower, so fp32 stays the default.
     """
+    import os
+
+    # oneDNN capped below AVX512-BF16 (how an AVX2-only CPU is emulated) has no native bf16.
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if cap and not cap.startswith(("AVX512_CORE_BF16", "AVX512_CORE_AMX", "AVX10", "ALL")):
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore")
     except OSError:

@@ -139,14 +139,24 @@ def test_secrets_filter_on_a_handler(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_scrubbed_logging_covers_every_logger_and_restores(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    before = logging.getLogRecordFactory()
-    with caplog.at_level(logging.INFO), scrubbed_logging():
-        with scrubbed_logging():  # nested: a no-op
-            logging.getLogger("uvicorn.error").info("key %s", SECRET)
-        logging.getLogger("a.new.logger").warning("token=abcd1234efgh5678")
-    logging.getLogger("a.new.logger").warning("after: %s", SECRET)
+    # A served app earlier in the session may have left uvicorn's logger unpropagated or
+    # raised its level; setLevel (not monkeypatch) also clears the logger's level cache.
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    monkeypatch.setattr(uvicorn_error, "propagate", True)
+    monkeypatch.setattr(uvicorn_error, "disabled", False)
+    level = uvicorn_error.level
+    uvicorn_error.setLevel(logging.NOTSET)
+    try:
+        before = logging.getLogRecordFactory()
+        with caplog.at_level(logging.INFO), scrubbed_logging():
+            with scrubbed_logging():  # nested: a no-op
+                uvicorn_error.info("key %s", SECRET)
+            logging.getLogger("a.new.logger").warning("token=abcd1234efgh5678")
+        logging.getLogger("a.new.logger").warning("after: %s", SECRET)
+    finally:
+        uvicorn_error.setLevel(level)
     assert logging.getLogRecordFactory() is before
     assert caplog.messages[:2] == [f"key {R}", f"token={R}"]
     assert caplog.messages[2] == f"after: {SECRET}"  # restored: nothing is scrubbed any more
