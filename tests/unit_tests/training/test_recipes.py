@@ -55,8 +55,9 @@ def test_init_adapter_of_a_recipe_is_found_from_any_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    config = DistillConfig.from_yaml(RECIPES_DIR / "general_decomposer.yaml")
-    assert not Path(config.init_adapter or "").exists()  # a checkout-relative path
+    # A recipe written in a source checkout names the adapter by its checkout-relative path.
+    config = DistillConfig(init_adapter="langchain_divconq/local/adapters/gsm8k-decomposer")
+    assert not Path(config.init_adapter or "").exists()
     resolved = resolve_recipe_paths(config).init_adapter
     assert resolved is not None
     assert Path(resolved).resolve() == (ADAPTERS_DIR / "gsm8k-decomposer").resolve()
