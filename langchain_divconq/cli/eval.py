@@ -36,7 +36,8 @@ def register_cli(subparsers: Any) -> None:
         "--task",
         action="append",
         required=True,
-        help="gsm8k, drop, bamboogle, svamp, multiarith or strategyqa; repeat or comma-separate",
+        help="gsm8k, drop, bamboogle, svamp, multiarith, strategyqa or hotpotqa (with "
+        "--decomposer-only); repeat or comma-separate",
     )
     parser.add_argument("--split", default=None, help="split (default: test, or dev if none)")
     parser.add_argument("--limit", type=int, default=None, help="first N examples of each task")
@@ -66,6 +67,13 @@ def register_cli(subparsers: Any) -> None:
         "--quality",
         action="store_true",
         help="also score the run's sub-questions against gold ones (gsm8k, strategyqa)",
+    )
+    parser.add_argument(
+        "--decomposer-only",
+        action="store_true",
+        help="score the decomposer alone (no solver): parse, declined, plan size, F1 and its "
+        "paired gain over the trivial plan, self/forward references, Bamboogle's bridge hop; "
+        "every task, hotpotqa (Break's plans) included",
     )
     parser.add_argument(
         "--max-tokens",
@@ -118,6 +126,8 @@ def _run(args: argparse.Namespace) -> int:
         prices = prices.model_copy(
             update={"usd_per_million_per_billion_params": args.price_local_per_billion}
         )
+    if args.decomposer_only:
+        return _decomposer_only(args, tasks)
     chain = build_chain(args, single_stage=args.single_stage, max_tokens=args.max_tokens)
     decomposer_label, solver_label = _labels(args, chain)
     name = args.name or f"{decomposer_label} / {solver_label}"
@@ -165,4 +175,46 @@ def _run(args: argparse.Namespace) -> int:
     written = write_report(out)
     for kind, path in written.items():
         print(f"{kind}: {path}")
+    return 0
+
+
+def _decomposer_only(args: argparse.Namespace, tasks: list[Any]) -> int:
+    """Score the decomposer alone on each task, beside the trivial plan (no solver runs)."""
+    from langchain_divconq.evaluation.decomposer_report import decomposer_summary, summary_table
+    from langchain_divconq.evaluation.quality import decomposer_outputs
+    from langchain_divconq.jsonl import write_text_file
+    from langchain_divconq.model_specs import build_decomposer
+
+    if args.single_stage:
+        msg = "--decomposer-only and --single-stage exclude each other: pick one stage to score."
+        raise ValueError(msg)
+    decomposer = build_decomposer(
+        args.decomposer,
+        args.adapter,
+        base_url=args.decomposer_base_url,
+        request_timeout=args.request_timeout,
+        max_retries=args.max_retries,
+    )
+    label = args.name or str(getattr(decomposer, "model_name", "") or args.decomposer)
+    rows = []
+    for task in tasks:
+        examples = task.examples[: args.limit] if args.limit else task.examples
+        n_max = min(args.max_sub_questions, task.max_sub_questions)
+        outputs = decomposer_outputs(
+            decomposer,
+            examples,
+            max_sub_questions=n_max,
+            max_concurrency=args.concurrency,
+            batch_size=args.batch_size or args.concurrency,
+            progress=not args.no_progress,
+            desc=f"decompose {task.name}",
+        )
+        sample = task.model_copy(update={"examples": list(examples)})
+        row = {"decomposer": label, **decomposer_summary(sample, outputs, max_sub_questions=n_max)}
+        rows.append(row)
+        record = {**row, "outputs": {k: str(v) for k, v in outputs.items()}}
+        path = Path(args.out) / "decomposer" / f"{task.name}-{task.split}.json"
+        write_text_file(path, json.dumps(record, indent=2))  # holds model outputs: 0600
+        print("decomposer quality: " + json.dumps(row))
+    print(summary_table(rows))
     return 0

@@ -5,7 +5,7 @@ ComplexWebQuestions (CWQ) questions with plans written as phrases. The plans are
 rewritten into questions with :func:`~langchain_divconq.tasks.plans.rewrite_plan`
 (the raw steps are kept where no template reads them), so they score a decomposer the
 way GSM8K's Socratic steps do. The file carries no answers: the task serves
-decomposition quality (``divconq eval --quality``), not answer accuracy.
+decomposition quality (``divconq eval --decomposer-only``), not answer accuracy.
 
 The HotpotQA rows are split by a stable hash of their id: :data:`HELDOUT_SHARE` of them
 are ``heldout`` (never trained on), the rest ``train``; :func:`break_plans` gives the
@@ -104,6 +104,7 @@ class HotpotQATask(Task):
         """Not available: Break has plans but no answers."""
         msg = (
             "Task 'hotpotqa' (Break) has gold plans but no answers; use it for decomposition "
-            "quality (divconq eval --quality, evaluation.decomposition_quality), not accuracy."
+            "quality (divconq eval --decomposer-only --task hotpotqa, or "
+            "evaluation.decomposition_quality), not answer accuracy."
         )
         raise ValueError(msg)

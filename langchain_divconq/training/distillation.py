@@ -312,6 +312,7 @@ def distill(config: DistillConfig, dataset: Dataset | DatasetDict) -> Path:
         "device": device if device != "cuda" else torch.cuda.get_device_name(),
         "bf16": bf16,
         "torch_threads": torch.get_num_threads(),
+        "world_size": int(trainer.args.world_size),
         "platform": platform.platform(),
         "versions": _versions(),
         "config": config.to_dict(),

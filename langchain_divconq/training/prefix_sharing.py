@@ -10,7 +10,9 @@ about ``(B - 1) * P`` fewer token positions per batch of ``B`` rows sharing ``P`
 Gradients flow through the repeated cache into the prefix's LoRA weights as usual.
 
 :func:`sft_trainer_class` returns TRL's ``SFTTrainer`` with that loss; batches without a
-long enough shared prefix, and calls that want the model's outputs, take TRL's own path.
+long enough shared prefix, calls that want the model's outputs, and models wrapped for
+distributed training (several processes under ``torchrun``/``accelerate launch``) take
+TRL's own path.
 """
 
 from __future__ import annotations
@@ -124,6 +126,9 @@ def sft_trainer_class() -> Any:
         ) -> Any:
             prefix = 0
             plain = return_outputs or "attention_mask" not in inputs or "labels" not in inputs
+            # Under DDP/FSDP the forward must go through the wrapper (its gradient hooks):
+            # a wrapped model takes TRL's own loss.
+            plain = plain or hasattr(model, "module")
             if not plain and not getattr(self.args, "gradient_checkpointing", False):
                 prefix = shared_prefix_length(
                     inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
