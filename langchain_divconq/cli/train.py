@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,6 +122,8 @@ def _distill(args: argparse.Namespace) -> int:
             # The data decides what was distilled; the metadata must say so.
             config = dataclasses.replace(config, variant=info["variant"])
     out = distill(config, dataset)
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun/accelerate only the main process writes and reports
     meta = json.loads((out / "divconq_adapter.json").read_text(encoding="utf-8"))
     print(
         f"adapter -> {out} (variant {meta['variant']}, {meta['global_step']} steps, "
