@@ -400,13 +400,7 @@ class _LiveRows:
         """Return the call's own waiting rows that start now (up to ``limit``)."""
         out: list[int] = []
         while self._queued and len(out) < limit:
-            index = self._queued.popleft()
-            self.taken += 1
-            if self._cancelled(index):
-                self.outputs[index].forward_passes = 0
-                self.finished(index)
-            else:
-                out.append(index)
+            self._start(self._queued.popleft(), out)
         return out
 
     def admit(self, limit: int) -> list[int]:
@@ -417,17 +411,20 @@ class _LiveRows:
                 if not new.prompt:
                     msg = "A row that joins a batch needs at least one prompt token."
                     raise ValueError(msg)
-                index = len(self.prompts)
-                self.taken += 1
                 self.prompts.append(list(new.prompt))
                 self.cancels.append(new.cancel)
                 self.outputs.append(LlamaCppOutput([], "length", 1))
-                if self._cancelled(index):
-                    self.outputs[index].forward_passes = 0
-                    self.finished(index)
-                else:
-                    out.append(index)
+                self._start(len(self.prompts) - 1, out)
         return out
+
+    def _start(self, index: int, started: list[int]) -> None:
+        """Take row ``index``: into ``started``, or straight to finished if already cancelled."""
+        self.taken += 1
+        if self._cancelled(index):
+            self.outputs[index].forward_passes = 0
+            self.finished(index)
+        else:
+            started.append(index)
 
     def _cancelled(self, index: int) -> bool:
         cancel = self.cancels[index]
