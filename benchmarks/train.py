@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT / "training"))
 
 from shipped_decomposer import DATA, load_traces  # noqa: E402
 
+from langchain_divconq.local.backends import cpu_flags  # noqa: E402
 from langchain_divconq.local.embedded import resolve_base_model  # noqa: E402
 from langchain_divconq.training import DistillConfig, build_dataset, distill  # noqa: E402
 
@@ -253,7 +254,7 @@ def main() -> None:
         if torch.cuda.is_available()
         else f"cpu x{torch.get_num_threads()}"
     )
-    flags = sorted(f for f in _cpu_flags() if f.startswith(("avx512", "amx", "avx2", "avx_vnni")))
+    flags = sorted(f for f in cpu_flags() if f.startswith(("avx512", "amx", "avx2", "avx_vnni")))
     print(
         f"device: {device} ({platform.processor() or platform.machine()}), best of {args.repeats}"
     )
@@ -287,16 +288,6 @@ def main() -> None:
         "threads": torch.get_num_threads(),
     }
     print(json.dumps({**summary, **best, "all": runs}))
-
-
-def _cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line.split(":", 1)[1].split()
-    except OSError:
-        pass
-    return []
 
 
 if __name__ == "__main__":

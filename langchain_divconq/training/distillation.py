@@ -65,11 +65,9 @@ def cpu_has_native_bf16() -> bool:
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
     if cap and not cap.startswith(("AVX512_CORE_BF16", "AVX512_CORE_AMX", "AVX10", "ALL")):
         return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore")
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    from langchain_divconq.local.backends import cpu_flags
+
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def _splits(dataset: Dataset | DatasetDict) -> tuple[Dataset, Dataset | None]:
