@@ -153,6 +153,16 @@ class _Turns:
         await asyncio.shield(wake())
 
 
+_SHUT_DOWN = "The server shut down before this request was answered."
+
+
+def _fail_unanswered(items: Sequence[_Item], error: BaseException) -> None:
+    """Fail every request of ``items`` that has no answer yet (the rest keep theirs)."""
+    for item in items:
+        if not item.future.done():
+            item.future.set_exception(error)
+
+
 class RequestBatcher:
     """Collect concurrent chat requests and answer them with shared ``model.batch`` calls.
 
@@ -381,32 +391,22 @@ class RequestBatcher:
                     else:
                         await self._run_group(params, group)
             except asyncio.CancelledError:
-                for item in items:
-                    if not item.future.done():
-                        msg = "The server shut down before this request was answered."
-                        item.future.set_exception(BatcherClosedError(msg))
+                _fail_unanswered(items, BatcherClosedError(_SHUT_DOWN))
                 raise
             except Exception as exc:  # a bug must not kill the worker and hang every caller
                 logger.exception("The batch worker failed")
-                for item in items:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
+                _fail_unanswered(items, exc)
 
     def _spawn(self, work: Coroutine[Any, Any, None], group: list[_Item]) -> None:
         async def guarded() -> None:
             try:
                 await work
             except asyncio.CancelledError:
-                for item in group:
-                    if not item.future.done():
-                        msg = "The server shut down before this request was answered."
-                        item.future.set_exception(BatcherClosedError(msg))
+                _fail_unanswered(group, BatcherClosedError(_SHUT_DOWN))
                 raise
             except Exception as exc:  # a bug must not leave callers waiting forever
                 logger.exception("A batch task failed")
-                for item in group:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
+                _fail_unanswered(group, exc)
 
         task = asyncio.get_running_loop().create_task(guarded())
         self._tasks.add(task)

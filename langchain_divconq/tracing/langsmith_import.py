@@ -40,7 +40,7 @@ from langchain_divconq.tracing.import_results import (
     reject,
     trace_id,
 )
-from langchain_divconq.tracing.recorder import _content_text as _recorder_content_text
+from langchain_divconq.tracing.recorder import _call_usage as _recorder_call_usage
 from langchain_divconq.tracing.recorder import _model_name as _recorder_model_name
 from langchain_divconq.tracing.recorder import _output_text as _recorder_output_text
 from langchain_divconq.tracing.recorder import _response_model as _recorder_response_model
@@ -48,7 +48,6 @@ from langchain_divconq.tracing.recorder import _response_text as _recorder_respo
 from langchain_divconq.tracing.recorder import chain_trace, scrub_secrets, scrub_trace
 from langchain_divconq.tracing.scoring import score_trace
 from langchain_divconq.tracing.trace import NodeCall, TokenUsage, Trace
-from langchain_divconq.tracing.usage import estimate_tokens, reported_usage
 
 __all__ = ["DUMP_HINT", "import_langsmith_runs"]
 
@@ -359,16 +358,7 @@ def _node_call(node: dict[str, Any], calls: list[dict[str, Any]]) -> NodeCall:
         if response is None:
             continue
         text = _recorder_response_text(response)
-        found = reported_usage(response)
-        if found is None:
-            prompt = "\n".join(_recorder_content_text(m.get("content")) for m in messages)
-            inputs, outputs = estimate_tokens(prompt), estimate_tokens(text)
-            found = TokenUsage(
-                input_tokens=inputs,
-                output_tokens=outputs,
-                total_tokens=inputs + outputs,
-                estimated=True,
-            )
+        found = _recorder_call_usage(response, messages, text)
         llm_output = text
         usage = found if usage is None else _added(usage, found)
         if name is None:

@@ -69,6 +69,19 @@ def _scrub_data(value: Any) -> Any:
     return value
 
 
+def _call_usage(response: LLMResult, messages: list[dict[str, Any]], text: str) -> TokenUsage:
+    """Return the usage a call reported, else an estimate from its messages and text (marked)."""
+    usage = reported_usage(response)
+    if usage is not None:
+        return usage
+    # No reported usage: estimate, and say so, so cost reports stay honest.
+    prompt = "\n".join(_content_text(m.get("content")) for m in messages)
+    inputs, outputs = estimate_tokens(prompt), estimate_tokens(text)
+    return TokenUsage(
+        input_tokens=inputs, output_tokens=outputs, total_tokens=inputs + outputs, estimated=True
+    )
+
+
 def scrub_trace(trace: Trace) -> Trace:
     """Return a copy of ``trace`` with :func:`scrub_text` applied to every text in it.
 
@@ -544,17 +557,7 @@ class TraceRecorder(BaseCallbackHandler):
         if call is None:
             return
         text = _response_text(response)
-        usage = reported_usage(response)
-        if usage is None:
-            # No reported usage: estimate, and say so, so cost reports stay honest.
-            prompt = "\n".join(_content_text(m.get("content")) for m in call.messages)
-            inputs, outputs = estimate_tokens(prompt), estimate_tokens(text)
-            usage = TokenUsage(
-                input_tokens=inputs,
-                output_tokens=outputs,
-                total_tokens=inputs + outputs,
-                estimated=True,
-            )
+        usage = _call_usage(response, call.messages, text)
         with self._lock:
             call.node.llm_output = text
             call.node.add_usage(usage)
