@@ -10,10 +10,12 @@ single-prompt calls into batched ones. Imports torch only inside functions.
 
 from __future__ import annotations
 
+import atexit
 import contextvars
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -196,6 +198,15 @@ class _Request:
     cancel: threading.Event | None = None
 
 
+_BATCHERS: weakref.WeakSet[MicroBatcher] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_batchers() -> None:
+    for batcher in list(_BATCHERS):
+        batcher.close()
+
+
 class MicroBatcher:
     """Coalesces concurrent requests into batched calls on one worker thread.
 
@@ -230,6 +241,21 @@ class MicroBatcher:
         self._expected = 0
         self._last_arrival = 0.0
         self._worker: threading.Thread | None = None
+        self._closing = False
+        _BATCHERS.add(self)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Let an idle worker thread end now and wait for it (also run at interpreter exit).
+
+        A worker that has run torch and is still parked at exit made the process abort
+        ("terminate called without an active exception") after ``divconq ask`` answered.
+        """
+        with self._cond:
+            self._closing = True
+            worker = self._worker
+            self._cond.notify_all()
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout)
 
     def expect(self, ticket: BatchTicket) -> None:
         """Announce ``ticket.remaining`` requests that are on their way."""
@@ -282,7 +308,7 @@ class MicroBatcher:
     def _take(self) -> list[_Request] | None:
         with self._cond:
             while not self._queue:
-                if not self._cond.wait(self._idle_s) and not self._queue:
+                if self._closing or (not self._cond.wait(self._idle_s) and not self._queue):
                     self._worker = None
                     return None
             limit = self._batch_size()
