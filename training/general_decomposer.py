@@ -3,6 +3,7 @@
     python training/general_decomposer.py --dry-run                  # the data, tokens, time
     python training/general_decomposer.py                            # the whole recipe (resumes)
     python training/general_decomposer.py --total 2400 --install     # a stratified subset
+    python training/general_decomposer.py --install-from CHECKPOINT  # ship a chosen step
 
 Training data, from TRAIN splits only (never GSM8K test, StrategyQA dev, Bamboogle, DROP,
 or the HotpotQA rows of Break held out as the ``hotpotqa`` task's ``heldout`` split):
@@ -183,6 +184,77 @@ def parse_weights(text: str) -> dict[str, float]:
     return weights
 
 
+def _checkpoint_metadata(run: dict[str, Any], source: Path) -> dict[str, Any]:
+    """The run's metadata, with the step, losses and tokens of the checkpoint ``source``."""
+    state_file = source / "trainer_state.json"
+    if not state_file.is_file():  # the run's own final folder
+        return run
+    state = json.loads(state_file.read_text(encoding="utf-8"))
+    history = state["log_history"]
+    losses = [float(h["loss"]) for h in history if "loss" in h]
+    step = state["global_step"]
+    evals = [h["eval_loss"] for h in history if "eval_loss" in h and h["step"] == step]
+    seen = [h["num_input_tokens_seen"] for h in history if "num_input_tokens_seen" in h]
+    return {
+        **run,
+        "global_step": int(state["global_step"]),
+        "epochs": float(state["epoch"]),
+        "train_loss": sum(losses) / len(losses) if losses else None,
+        "last_train_loss": losses[-1] if losses else None,
+        "eval_loss": evals[-1] if evals else None,
+        "train_tokens": seen[-1] if seen else None,
+        # The run's last session, not this step's: the run is described below.
+        "resumed_from": None,
+        "train_runtime_s": None,
+        "train_tokens_per_s": None,
+        "checkpoint_of_run": {"steps": run["global_step"], "eval_loss": run["eval_loss"]},
+    }
+
+
+def _relative_selection(selection: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """``selection.json`` with every adapter named by its checkpoint (no local paths)."""
+
+    def name(path: str) -> str:
+        folder = Path(path)
+        if folder.name.startswith("checkpoint-"):
+            return folder.name
+        return "final" if folder.resolve() == run_dir.resolve() else folder.name
+
+    rows = [{**row, "adapter": name(row["adapter"])} for row in selection["rows"]]
+    return {**selection, "chosen": name(selection["chosen"]), "rows": rows}
+
+
+def install(source: Path, run_dir: Path, dest: Path) -> None:
+    """Ship ``source`` (the run folder or one of its checkpoints) as an adapter folder ``dest``.
+
+    The weights are stored in the run's ``save_dtype``, the adapter config names the base
+    model by its hub id (never a local path), and the metadata is the run's, with the
+    checkpoint's step and losses, and the held-out selection when ``selection.json`` exists.
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from langchain_divconq.training import METADATA_FILE, read_metadata
+
+    run = read_metadata(run_dir)
+    metadata = _checkpoint_metadata(run, source)
+    selection = run_dir / "selection.json"
+    if selection.is_file():
+        chosen = json.loads(selection.read_text(encoding="utf-8"))
+        metadata["selected_by"] = _relative_selection(chosen, run_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    dtype = getattr(torch, run["config"]["save_dtype"])
+    weights = load_file(str(source / "adapter_model.safetensors"))
+    tensors = {k: v.to(dtype).contiguous() for k, v in weights.items()}
+    save_file(tensors, str(dest / "adapter_model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((source / "adapter_config.json").read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = run["base_model"]
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    (dest / "adapter_config.json").write_text(text, encoding="utf-8")
+    (dest / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+    print(f"installed step {metadata['global_step']} of {source} into {dest}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default=str(ROOT / "training" / "general_decomposer.yaml"))
@@ -205,10 +277,19 @@ def main() -> None:
     )
     parser.add_argument("--dry-run", action="store_true", help="build and describe the data only")
     parser.add_argument("--install", action="store_true", help="copy the adapter into the package")
+    parser.add_argument(
+        "--install-from",
+        default=None,
+        help="ship this checkpoint of the run (the step select_checkpoint.py chose), no training",
+    )
+    parser.add_argument("--install-to", default=str(PACKAGE_ADAPTER), help="where to ship it")
     add_config_arguments(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     config: DistillConfig = config_from_args(args, args.config)
+    if args.install_from:
+        install(Path(args.install_from), Path(config.output_dir), Path(args.install_to))
+        return
     if config.init_adapter and not Path(config.init_adapter).is_absolute():
         config.init_adapter = str(ROOT / config.init_adapter)
     weights = parse_weights(args.weights)

@@ -122,6 +122,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run-dir", default=str(ROOT / "training/checkpoints/general-decomposer"))
     parser.add_argument("--data-dir", default=str(DATA))
+    parser.add_argument(
+        "--adapters",
+        nargs="+",
+        default=None,
+        help="candidate adapter folders (default: the run's checkpoints and its final adapter)",
+    )
     parser.add_argument("--limit", type=int, default=60, help="validation questions per source")
     parser.add_argument("--seed", type=int, default=0, help="the recipe's seed (its split)")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -132,7 +138,7 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
     run_dir = Path(args.run_dir)
-    folders = candidates(run_dir)
+    folders = [Path(a) for a in args.adapters] if args.adapters else candidates(run_dir)
     if not folders:
         sys.exit(f"No checkpoint with adapter weights under {run_dir}; train first.")
     tasks = validation_tasks(Path(args.data_dir), args.limit, args.seed)
@@ -147,6 +153,7 @@ def main() -> None:
     best = max(allowed, key=lambda r: r["mean_delta"])
     print(f"chosen: {best['adapter']}")
     report = {"chosen": best["adapter"], "rows": rows, "limit": args.limit}
+    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "selection.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(report))
 
