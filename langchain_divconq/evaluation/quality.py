@@ -128,6 +128,9 @@ FILLER_WORDS = {
 def refers_to_itself_or_later(sub_questions: Sequence[str]) -> bool:
     """Whether a sub-question points at its own number or a later one ("question 2" in line 1).
 
+    A named pointer ("question 3", "step 3") counts even past the plan's end; a bare ``#k``
+    only when the plan has a question k, since questions use it as a label ("horse #12").
+
     Example:
         >>> refers_to_itself_or_later(["How many apples?", "What is twice question 1?"])
         False
@@ -135,12 +138,15 @@ def refers_to_itself_or_later(sub_questions: Sequence[str]) -> bool:
         True
         >>> refers_to_itself_or_later(["Is #1 larger than 3?"])
         True
+        >>> refers_to_itself_or_later(["How many people think horse #12 will win?"])
+        False
 
     """
     for position, question in enumerate(sub_questions, start=1):
         for match in _POINTER.finditer(question):
+            bare = match.group(1) is not None
             number = int(match.group(1) or match.group(2))
-            if number >= position:
+            if number >= position and not (bare and number > len(sub_questions)):
                 return True
     return False
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 
+from langchain_divconq.secrets import scrub_text
 from langchain_divconq.serving.batcher import RequestBatcher
 from langchain_divconq.serving.protocol import APIError
 
@@ -168,11 +169,12 @@ class ServedModels:
                 # Merging an adapter takes seconds: keep the event loop serving.
                 model = await asyncio.to_thread(loader, path)
             except (ValueError, FileNotFoundError, NotADirectoryError) as exc:
-                msg = f"Could not load the adapter at lora_path {path!r}: {exc}"
+                # Exception texts can quote a config or a URL: no secret leaves in a body.
+                msg = scrub_text(f"Could not load the adapter at lora_path {path!r}: {exc}")
                 raise APIError(400, msg, param="lora_path", code="invalid_adapter") from exc
             except Exception as exc:
                 logger.exception("Loading the adapter %s failed", path)
-                msg = f"Loading the adapter failed: {type(exc).__name__}: {exc}"
+                msg = scrub_text(f"Loading the adapter failed: {type(exc).__name__}: {exc}")
                 raise APIError(500, msg, type="server_error", code="load_failed") from exc
             served = self.add(name, model, path=path)
             if self._started:

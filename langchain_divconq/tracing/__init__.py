@@ -10,6 +10,8 @@ Example:
 
 """
 
+from langchain_divconq.tracing.import_results import BadRecord, BadRecordError, ImportResult
+from langchain_divconq.tracing.importers import import_file
 from langchain_divconq.tracing.recorder import REDACTED, TraceRecorder, scrub_secrets
 from langchain_divconq.tracing.store import (
     JsonlTraceStore,
@@ -23,6 +25,9 @@ from langchain_divconq.tracing.trace import SCHEMA_VERSION, NodeCall, TokenUsage
 __all__ = [
     "REDACTED",
     "SCHEMA_VERSION",
+    "BadRecord",
+    "BadRecordError",
+    "ImportResult",
     "JsonlTraceStore",
     "MemoryTraceStore",
     "NodeCall",
@@ -31,6 +36,7 @@ __all__ = [
     "Trace",
     "TraceRecorder",
     "TraceStore",
+    "import_file",
     "open_store",
     "scrub_secrets",
 ]

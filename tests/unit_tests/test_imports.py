@@ -48,6 +48,9 @@ EXPECTED_PART_ALL: dict[str, list[str]] = {
     "tracing": [
         "REDACTED",
         "SCHEMA_VERSION",
+        "BadRecord",
+        "BadRecordError",
+        "ImportResult",
         "JsonlTraceStore",
         "MemoryTraceStore",
         "NodeCall",
@@ -56,6 +59,7 @@ EXPECTED_PART_ALL: dict[str, list[str]] = {
         "Trace",
         "TraceRecorder",
         "TraceStore",
+        "import_file",
         "open_store",
         "scrub_secrets",
     ],

@@ -27,6 +27,9 @@ def test_references_to_self_or_later_lines_are_caught_and_backward_ones_allowed(
     assert refers_to_itself_or_later(["What is the answer to question 1?"])
     assert refers_to_itself_or_later(["Who wrote X?", "Is step 3 true?", "Is it old?"])
     assert refers_to_itself_or_later(["Is #1 big?"])
+    # A bare "#k" past the plan's end is a label in the question, not a pointer.
+    assert not refers_to_itself_or_later(["How many people think horse #12 will win?"])
+    assert refers_to_itself_or_later(["Who won?", "Is #2 older than horse #12?"])
 
 
 def test_content_free_lines_have_no_words_of_their_own() -> None:

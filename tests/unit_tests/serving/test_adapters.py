@@ -301,3 +301,23 @@ def test_unloading_lets_running_requests_finish() -> None:
         assert replies and replies[0].model == "slow"  # answered, not failed
         with pytest.raises(openai.NotFoundError):
             client.chat.completions.create(model="slow", messages=_ask("Hi"))
+
+
+def test_adapter_load_errors_never_echo_a_secret() -> None:
+    secret = "sk-proj-abcdefghijklmnopqrstuvwx0123"
+
+    def broken(path: str) -> Any:
+        if path == "bad":
+            msg = f"config at https://user:{secret}@host/x is not an adapter"
+            raise ValueError(msg)
+        msg = f"Authorization: Bearer {secret}"
+        raise RuntimeError(msg)
+
+    app = create_app(served_model(), model_id="m", api_key=KEY, adapter_loader=broken)
+    with running_server(app) as url:
+        for path, status in (("bad", 400), ("crash", 500)):
+            reply = _post(url, "/load_lora_adapter", {"lora_name": "c", "lora_path": path})
+            assert reply.status_code == status
+            message = reply.json()["error"]["message"]
+            assert secret not in message
+            assert "adapter" in message  # still says what failed
