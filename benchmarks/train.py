@@ -12,7 +12,9 @@ examples with the same batch size, steps and seed, in one process, interleaved o
   checkpointing on, random batches; ``use_cpu`` on CPU) and the same LoRA config as
   ``distill`` (dropout 0);
 * optional rows: ``--fp32`` (``distill(bf16=False)``), ``--ungrouped``
-  (``group_by_length=False``), ``--compile`` (``torch_compile=True``).
+  (``group_by_length=False``), ``--compile`` (``compile_layers=True``: every decoder
+  layer through ``torch.compile``; its compilation falls in the untimed first step, and
+  any recompilation for a new shape in the timed ones).
 
 Examples come from the GSM8K Socratic SD-T set (``--recipe gsm8k``) or from the general
 decomposer's recipe mix (``--recipe general``: GSM8K, StrategyQA, Break, one-step
@@ -102,6 +104,7 @@ def run_ours(
         "gradient_checkpointing": config.gradient_checkpointing,
         "group_by_length": config.group_by_length,
         "share_prompt_prefix": config.share_prompt_prefix,
+        "compile_layers": config.compile_layers,
     }
 
 
@@ -213,6 +216,9 @@ def main() -> None:
     parser.add_argument(
         "--ungrouped", action="store_true", help="also time distill(group_by_length=False)"
     )
+    parser.add_argument(
+        "--compile", action="store_true", help="also time distill(compile_layers=True)"
+    )
     parser.add_argument("--no-before", action="store_true", help="skip the distill_before row")
     parser.add_argument(
         "--base", default=None, help="base model folder or hub id (default: embedded SmolLM2)"
@@ -237,6 +243,8 @@ def main() -> None:
         rows["distill_fp32"] = {"bf16": False}
     if args.ungrouped:
         rows["distill_ungrouped"] = {"group_by_length": False}
+    if args.compile:
+        rows["distill_compiled"] = {"compile_layers": True}
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in [*rows, "plain_trl"]}
     with tempfile.TemporaryDirectory() as tmp:
         base = args.base
@@ -272,6 +280,7 @@ def main() -> None:
         settings = (
             f"bf16={r['bf16']} dropout={r['lora_dropout']} ckpt={r['gradient_checkpointing']} "
             f"grouped={r['group_by_length']} prefix={r['share_prompt_prefix']}"
+            f"{' compiled' if r.get('compile_layers') else ''}"
         )
         print(
             f"{name:<20}{rate!s:>9}{r.get('examples_per_s')!s:>7}{r.get('s_per_step')!s:>8}"

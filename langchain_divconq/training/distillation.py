@@ -188,6 +188,22 @@ def _save_adapter(model: Any, out: Path, config: DistillConfig, base_name: str) 
     adapter_config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def _compile_layers(model: Any) -> None:
+    """Compile each decoder layer's MLP and norms in place (peft and saving see the same modules).
+
+    Whole layers would recompile once per layer (each passes its own ``layer_idx`` to the KV
+    cache) and hit dynamo's recompile limit; the MLPs and norms share one graph each.
+    """
+    from langchain_divconq.training.prefix_sharing import decoder_parts
+
+    backbone, _ = decoder_parts(model)
+    for layer in backbone.layers:
+        for name in ("mlp", "input_layernorm", "post_attention_layernorm"):
+            part = getattr(layer, name, None)
+            if part is not None:
+                part.compile(dynamic=True)
+
+
 def distill(config: DistillConfig, dataset: Dataset | DatasetDict) -> Path:
     """Train a LoRA adapter on ``dataset`` and return the folder holding it.
 
@@ -253,6 +269,8 @@ def distill(config: DistillConfig, dataset: Dataset | DatasetDict) -> Path:
         peft_config=lora,
         callbacks=[_log_callback(out / _TRAIN_LOG)],
     )
+    if config.compile_layers:
+        _compile_layers(trainer.model)
     checkpoint = _checkpoint_to_resume(out, config) if config.resume else None
     if checkpoint:
         logger.warning("Resuming from %s", checkpoint)

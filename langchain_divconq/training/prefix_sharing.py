@@ -52,7 +52,7 @@ def shared_prefix_length(input_ids: Any, attention_mask: Any, labels: Any) -> in
     return max(0, min(end - 1, int(usable.numel()) - 2))
 
 
-def _parts(model: Any) -> tuple[Any, Any]:
+def decoder_parts(model: Any) -> tuple[Any, Any]:
     """Return the decoder stack and the LM head of a (peft-wrapped) causal LM."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     backbone = getattr(inner, inner.base_model_prefix, None) or inner.model
@@ -89,7 +89,7 @@ def prefix_shared_loss(
 
     input_ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
     rows = input_ids.shape[0]
-    backbone, head = _parts(model)
+    backbone, head = decoder_parts(model)
     key = _cache_argument(backbone)
     out = backbone(input_ids=input_ids[:1, :prefix], use_cache=True)
     cache = getattr(out, key, None) or out.past_key_values
