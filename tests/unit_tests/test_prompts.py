@@ -157,8 +157,29 @@ def test_control_characters_are_stripped() -> None:
 
 
 def test_sub_question_length_is_capped() -> None:
-    long = "How " + "very " * 50_000 + "long is it?"
+    # Distinct words: a line that repeats one phrase is a loop and dropped (tested below).
+    long = "How " + " ".join(f"w{i}" for i in range(50_000)) + " long is it?"
     (question,) = parse_sub_questions(f"{long}\nShort one?")[:1]
     assert len(question) <= MAX_SUB_QUESTION_CHARS
-    assert question.startswith("How very very") and question.endswith("?")
+    assert question.startswith("How w0 w1") and question.endswith("?")
     assert parse_sub_questions(f"{long}\nShort one?")[1] == "Short one?"
+
+
+def test_a_sub_question_that_loops_on_its_own_phrase_is_dropped() -> None:
+    from langchain_divconq.prompts import loops
+
+    looping = "Who is the father of X that was the father of X that was the father of X that was"
+    assert loops(looping)
+    plan = f"Who is the father of X?\n{looping}\nWhen was he born?"
+    assert parse_sub_questions(plan) == ["Who is the father of X?", "When was he born?"]
+    # A comparison repeats its phrase twice: a real question, kept.
+    twice = "Is the main use of A the same as the main use of B?"
+    assert not loops(twice) and parse_sub_questions(twice) == [twice]
+    # SVAMP writes one phrase three times in a real question.
+    birds = (
+        "If 47 bird families flew away to africa and 94 bird families flew away to asia How "
+        "many more bird families flew away to asia than those that flew away to africa?"
+    )
+    assert not loops(birds)
+    # Linear: a long loop is recognised without quadratic work.
+    assert loops("a b c d " * 20_000)
