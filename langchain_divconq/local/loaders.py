@@ -29,8 +29,10 @@ logger = logging.getLogger(__name__)
 ADAPTERS_DIR = Path(__file__).parent / "adapters"
 """Where the packaged adapters live; each sub-folder is loadable by its name."""
 
-DEFAULT_ADAPTER_DIR = ADAPTERS_DIR / "gsm8k-decomposer"
-"""The packaged decomposer adapter that ``adapter="default"`` loads."""
+DEFAULT_ADAPTER_DIR = ADAPTERS_DIR / "general-decomposer"
+"""The packaged decomposer adapter that ``adapter="default"`` loads: the general decomposer
+(GSM8K, StrategyQA and Break plans; ``training/general_decomposer.py``). The math-only
+``gsm8k-decomposer`` still loads by name."""
 
 
 def resolve_adapter(adapter: str | Path | None) -> Path | None:

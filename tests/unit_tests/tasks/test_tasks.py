@@ -287,5 +287,11 @@ def test_real_data_fields() -> None:
     sqa = load_task("strategyqa", split="dev", data_dir=DATA)
     assert sqa.examples[0].answer == "no" and len(sqa.examples[0].sub_questions) == 2
     assert set(TASKS) == {
-        "gsm8k", "drop", "bamboogle", "svamp", "multiarith", "strategyqa", "hotpotqa"
+        "gsm8k",
+        "drop",
+        "bamboogle",
+        "svamp",
+        "multiarith",
+        "strategyqa",
+        "hotpotqa",
     }

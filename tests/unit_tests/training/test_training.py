@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -334,12 +335,39 @@ def test_shipped_adapter_decomposes_by_default() -> None:
     assert meta["variant"] == "SD-T" and meta["base_model"].endswith("SmolLM2-135M-Instruct")
     assert (DEFAULT_ADAPTER_DIR / "adapter_model.safetensors").stat().st_size <= 10_000_000
     decomposer = load_decomposer(max_tokens=64)
-    assert decomposer.model_name.endswith("+gsm8k-decomposer")
+    assert decomposer.model_name.endswith("+general-decomposer")
     question = (
         "Ann buys 3 packs of 12 pencils and gives away 10 pencils. How many pencils are left?"
     )
     text = message_text(decomposer.invoke(decomposer_messages(question)))
     assert 1 <= len(parse_sub_questions(text)) <= 3, text
+    # The general decomposer asks for the bridge entity of a two-hop question first.
+    hops = parse_sub_questions(
+        message_text(
+            decomposer.invoke(decomposer_messages("Who was the second wife of the founder of CNN?"))
+        )
+    )
+    assert len(hops) == 2 and "founder of CNN" in hops[0], hops
+
+
+def test_packaged_adapter_metadata_names_no_local_path() -> None:
+    from langchain_divconq.local.loaders import ADAPTERS_DIR
+
+    def strings(value: Any) -> Iterator[str]:
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, dict):
+            for item in value.values():
+                yield from strings(item)
+        elif isinstance(value, list):
+            for item in value:
+                yield from strings(item)
+
+    for folder in sorted(p for p in ADAPTERS_DIR.iterdir() if p.is_dir()):
+        for name in ("adapter_config.json", "divconq_adapter.json"):
+            data = json.loads((folder / name).read_text())
+            local = [s for s in strings(data) if s.startswith(("/", "~")) or ":\\" in s]
+            assert not local, (folder.name, name, local)
 
 
 def test_prefix_sharing_trains_the_same_weights(
@@ -369,3 +397,23 @@ def test_prefix_sharing_trains_the_same_weights(
         return [row["loss"] for row in rows if "loss" in row]
 
     assert losses(tmp_path) == pytest.approx(losses(folder), rel=1e-4)
+
+
+@pytest.mark.slow
+def test_compiled_layers_train_the_same_losses(distilled: tuple[Path, Any], tmp_path: Path) -> None:
+    """compile_layers=True changes the kernels, not the training: the logged losses agree."""
+    from langchain_divconq.training import distill
+
+    folder, dataset = distilled
+    meta = json.loads((folder / "divconq_adapter.json").read_text())
+    config = DistillConfig(**{**meta["config"], "output_dir": str(tmp_path)})
+    config.compile_layers = True
+    distill(config, dataset)
+
+    def losses(path: Path) -> list[float]:
+        rows = [json.loads(line) for line in (path / "train_log.jsonl").read_text().splitlines()]
+        return [row["loss"] for row in rows if "loss" in row]
+
+    assert losses(tmp_path) == pytest.approx(losses(folder), rel=2e-3)
+    saved = json.loads((tmp_path / "divconq_adapter.json").read_text())
+    assert saved["config"]["compile_layers"] is True
