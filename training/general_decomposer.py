@@ -211,7 +211,7 @@ def _checkpoint_metadata(run: dict[str, Any], source: Path) -> dict[str, Any]:
     }
 
 
-def _relative_selection(selection: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+def relative_selection(selection: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """``selection.json`` with every adapter named by its checkpoint (no local paths)."""
 
     def name(path: str) -> str:
@@ -231,26 +231,18 @@ def install(source: Path, run_dir: Path, dest: Path) -> None:
     model by its hub id (never a local path), and the metadata is the run's, with the
     checkpoint's step and losses, and the held-out selection when ``selection.json`` exists.
     """
-    import torch
-    from safetensors.torch import load_file, save_file
-
     from langchain_divconq.training import METADATA_FILE, read_metadata
+    from langchain_divconq.training.distillation import write_adapter_files
 
     run = read_metadata(run_dir)
     metadata = _checkpoint_metadata(run, source)
     selection = run_dir / "selection.json"
     if selection.is_file():
+        # Older selection files named candidates by path.
         chosen = json.loads(selection.read_text(encoding="utf-8"))
-        metadata["selected_by"] = _relative_selection(chosen, run_dir)
-    dest.mkdir(parents=True, exist_ok=True)
-    dtype = getattr(torch, run["config"]["save_dtype"])
-    weights = load_file(str(source / "adapter_model.safetensors"))
-    tensors = {k: v.to(dtype).contiguous() for k, v in weights.items()}
-    save_file(tensors, str(dest / "adapter_model.safetensors"), metadata={"format": "pt"})
-    config = json.loads((source / "adapter_config.json").read_text(encoding="utf-8"))
-    config["base_model_name_or_path"] = run["base_model"]
-    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    (dest / "adapter_config.json").write_text(text, encoding="utf-8")
+        metadata["selected_by"] = relative_selection(chosen, run_dir)
+    save_dtype = run["config"]["save_dtype"]
+    write_adapter_files(source, dest, save_dtype=save_dtype, base_model=run["base_model"])
     (dest / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
     print(f"installed step {metadata['global_step']} of {source} into {dest}")
 

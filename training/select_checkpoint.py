@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from general_decomposer import DATA, ROOT, build_strata
+from general_decomposer import DATA, ROOT, build_strata, relative_selection
 
 from langchain_divconq.evaluation.plan_checks import paired_delta
 from langchain_divconq.evaluation.quality import (
@@ -152,7 +152,9 @@ def main() -> None:
     allowed = [r for r in rows if r["max_declined"] <= MAX_DECLINED] or rows
     best = max(allowed, key=lambda r: r["mean_delta"])
     print(f"chosen: {best['adapter']}")
-    report = {"chosen": best["adapter"], "rows": rows, "limit": args.limit}
+    # Candidates by checkpoint name, not by path: the file is committed and shipped.
+    report = relative_selection({"chosen": best["adapter"], "rows": rows}, run_dir)
+    report["limit"] = args.limit
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "selection.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(report))

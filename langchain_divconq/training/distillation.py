@@ -24,7 +24,13 @@ from langchain_divconq.training.dataset import dataset_hash
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
 
-__all__ = ["METADATA_FILE", "cpu_has_native_bf16", "distill", "read_metadata"]
+__all__ = [
+    "METADATA_FILE",
+    "cpu_has_native_bf16",
+    "distill",
+    "read_metadata",
+    "write_adapter_files",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -174,18 +180,29 @@ def _log_callback(path: Path) -> Any:
 
 def _save_adapter(model: Any, out: Path, config: DistillConfig, base_name: str) -> None:
     """Save the LoRA weights in ``config.save_dtype`` and point the config at the base."""
+    model.save_pretrained(str(out))
+    write_adapter_files(out, out, save_dtype=config.save_dtype, base_model=base_name)
+
+
+def write_adapter_files(source: Path, dest: Path, *, save_dtype: str, base_model: str) -> None:
+    """Write ``source``'s adapter weights and config into ``dest`` as an adapter ships.
+
+    The weights are cast to ``save_dtype`` and the config names ``base_model`` (a hub id,
+    never a local path). ``dest`` may be ``source`` (a folder just saved by peft) or
+    another folder (a chosen checkpoint being shipped).
+    """
     import torch
     from safetensors.torch import load_file, save_file
 
-    model.save_pretrained(str(out))
-    weights = out / "adapter_model.safetensors"
-    dtype = getattr(torch, config.save_dtype)
-    tensors = {k: v.to(dtype).contiguous() for k, v in load_file(str(weights)).items()}
-    save_file(tensors, str(weights), metadata={"format": "pt"})
-    adapter_config = out / "adapter_config.json"
-    data = json.loads(adapter_config.read_text(encoding="utf-8"))
-    data["base_model_name_or_path"] = base_name
-    adapter_config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    dest.mkdir(parents=True, exist_ok=True)
+    dtype = getattr(torch, save_dtype)
+    weights = load_file(str(source / "adapter_model.safetensors"))
+    tensors = {k: v.to(dtype).contiguous() for k, v in weights.items()}
+    save_file(tensors, str(dest / "adapter_model.safetensors"), metadata={"format": "pt"})
+    data = json.loads((source / "adapter_config.json").read_text(encoding="utf-8"))
+    data["base_model_name_or_path"] = base_model
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    (dest / "adapter_config.json").write_text(text, encoding="utf-8")
 
 
 def _compile_layers(model: Any) -> None:
