@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from langchain_divconq.evaluation.plan_checks import asks_bridge_first, paired_delta
+from langchain_divconq.evaluation.plan_checks import bridge_first_plans, paired_delta
 from langchain_divconq.evaluation.quality import (
     decomposer_outputs,
     plan_stats,
@@ -50,7 +50,6 @@ from langchain_divconq.evaluation.quality import (
 )
 from langchain_divconq.local import load_decomposer
 from langchain_divconq.local.decoding import GenerationParams, cut_text
-from langchain_divconq.prompts import parse_sub_questions
 from langchain_divconq.tasks import Task, load_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,17 +94,11 @@ def _after_rule(raw: dict[str, Any], n_max: int, max_tokens: int) -> dict[str, A
 def _summary(task: Task, outputs: dict[str, Any], gold: bool, n_max: int) -> dict[str, Any]:
     stats = plan_stats(task, outputs, max_sub_questions=n_max).model_dump()
     if task.name == "bamboogle":
-        plans = {
-            e.id: parse_sub_questions(o, n_max) if isinstance(o := outputs[e.id], str) else []
-            for e in task.examples
-        }
-        firsts = [
-            asks_bridge_first(e.question, plans[e.id], e.bridge_entity) for e in task.examples
-        ]
-        stats["bridge_first_rate"] = sum(firsts) / len(firsts)
+        bridged = bridge_first_plans(task.examples, outputs, n_max)
+        stats["bridge_first_rate"] = sum(first for _, _, first in bridged) / len(bridged)
         stats["plans"] = [
-            {"question": e.question, "bridge": e.bridge_entity, "plan": plans[e.id], "first": f}
-            for e, f in zip(task.examples, firsts, strict=True)
+            {"question": e.question, "bridge": e.bridge_entity, "plan": plan, "first": first}
+            for e, plan, first in bridged
         ]
     if not gold:
         return stats

@@ -13,9 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from langchain_divconq.evaluation.plan_checks import asks_bridge_first, paired_delta
+from langchain_divconq.evaluation.plan_checks import bridge_first_plans, paired_delta
 from langchain_divconq.evaluation.quality import plan_stats, quality_from_outputs, trivial_plan
-from langchain_divconq.prompts import parse_sub_questions
 from langchain_divconq.tasks import Task
 
 __all__ = ["decomposer_summary", "summary_table"]
@@ -71,14 +70,9 @@ def decomposer_summary(
             delta_vs_trivial_ci=ci,
             mean_gold_capped=sum(min(len(r.gold), n_max) for r in quality.records) / quality.n,
         )
-    bridged = [e for e in scored if e.bridge_entity]
+    bridged = bridge_first_plans(task.examples, outputs, n_max)
     if bridged:
-        firsts = []
-        for example in bridged:
-            text = outputs[example.id]
-            plan = parse_sub_questions(text, n_max) if isinstance(text, str) else []
-            firsts.append(asks_bridge_first(example.question, plan, example.bridge_entity))
-        row["bridge_first_rate"] = sum(firsts) / len(firsts)
+        row["bridge_first_rate"] = sum(first for _, _, first in bridged) / len(bridged)
     return row
 
 

@@ -10,14 +10,41 @@ bootstrap interval), the comparison every quality table makes against the trivia
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from langchain_divconq.evaluation.quality import (
     FILLER_WORDS,
     bootstrap_ci,
     similarity_tokens,
 )
+from langchain_divconq.prompts import parse_sub_questions
 
-__all__ = ["asks_bridge_first", "paired_delta"]
+if TYPE_CHECKING:
+    from langchain_divconq.tasks import Example
+
+__all__ = ["asks_bridge_first", "bridge_first_plans", "paired_delta"]
+
+
+def bridge_first_plans(
+    examples: Sequence[Example],
+    outputs: Mapping[str, str | BaseException | None],
+    max_sub_questions: int,
+) -> list[tuple[Example, list[str], bool]]:
+    """Each answered example that names its bridge entity, its plan, and the rule's verdict.
+
+    The plan is the decomposer output parsed as the chain parses it (none for a failed
+    call); the verdict is :func:`asks_bridge_first`.
+    """
+    rows = []
+    for example in examples:
+        if not example.bridge_entity or example.id not in outputs:
+            continue
+        text = outputs[example.id]
+        plan = parse_sub_questions(text, max_sub_questions) if isinstance(text, str) else []
+        rows.append(
+            (example, plan, asks_bridge_first(example.question, plan, example.bridge_entity))
+        )
+    return rows
 
 
 def asks_bridge_first(question: str, plan: Sequence[str], bridge_entity: str | None) -> bool:
